@@ -1,0 +1,130 @@
+"""Validation of a composed experiment config, before anything is built or trained.
+
+Hydra already rejects unknown config groups (``model=transformer``: it lists the
+available options) and unknown keys (struct mode). This module checks the *values*
+of the keys and raises :class:`ConfigError` with a one-line message that names the
+offending key, the value given and what is accepted, e.g.::
+
+    model.hidden_size=0: expected an integer >= 1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from rnnflow.models import BIAS_SCHEMES, INPUT_SCHEMES, NONLINEARITIES, RECURRENT_SCHEMES
+from rnnflow.tasks import TASKS
+
+CELL_NAMES = ("rnn", "lstm", "gru")
+CLIP_ALGORITHMS = ("norm", "value")
+NONFINITE_POLICIES = ("skip", "stop", "raise")
+
+
+class ConfigError(ValueError):
+    """A config value that rnnflow cannot run with; the message names the key."""
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, default=None, throw_on_missing=True)
+
+
+class _Checker:
+    """Collects the checks; raises on the first failure so the message stays one line."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+
+    def _fail(self, key: str, value: Any, expected: str) -> None:
+        raise ConfigError(f"{key}={value!r}: expected {expected}")
+
+    def integer(self, key: str, minimum: int, optional: bool = False) -> None:
+        value = _get(self.cfg, key)
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self._fail(key, value, f"an integer >= {minimum}" + (" or null" if optional else ""))
+
+    def positive(self, key: str, optional: bool = False) -> None:
+        value = _get(self.cfg, key)
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            self._fail(key, value, "a number > 0" + (" or null" if optional else ""))
+
+    def number(self, key: str, optional: bool = False) -> None:
+        value = _get(self.cfg, key)
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self._fail(key, value, "a number" + (" or null" if optional else ""))
+
+    def choice(self, key: str, accepted: Iterable[str]) -> None:
+        value = _get(self.cfg, key)
+        accepted = tuple(accepted)
+        if value not in accepted:
+            self._fail(key, value, "one of " + ", ".join(accepted))
+
+    def rule(self, ok: bool, key: str, expected: str) -> None:
+        if not ok:
+            self._fail(key, _get(self.cfg, key), expected)
+
+    def has(self, key: str) -> bool:
+        return OmegaConf.select(self.cfg, key, default=None) is not None
+
+
+def _check_model(c: _Checker) -> None:
+    c.choice("model.cell", CELL_NAMES)
+    c.integer("model.hidden_size", 1)
+    c.integer("model.num_layers", 1)
+    cell = _get(c.cfg, "model.cell")
+    if cell == "rnn":
+        c.choice("model.nonlinearity", NONLINEARITIES)
+    c.choice("model.init.recurrent", RECURRENT_SCHEMES)
+    c.choice("model.init.input", INPUT_SCHEMES)
+    c.choice("model.init.bias", BIAS_SCHEMES)
+    c.positive("model.init.std", optional=True)
+    c.positive("model.init.spectral_radius", optional=True)
+    if c.has("model.init.spectral_radius"):
+        c.rule(
+            _get(c.cfg, "model.init.recurrent") != "zeros",
+            "model.init.spectral_radius",
+            "null when model.init.recurrent=zeros (a zero matrix has no radius to rescale)",
+        )
+    c.number("model.init.forget_bias", optional=True)
+    if cell != "lstm":
+        c.rule(not c.has("model.init.forget_bias"), "model.init.forget_bias", "null unless model.cell=lstm")
+
+
+def _check_task(c: _Checker) -> None:
+    c.choice("task.name", sorted(TASKS))
+    c.integer("task.seq_len", 1)
+    c.integer("task.batch_size", 1)
+    c.integer("task.val_batches", 1)
+    if _get(c.cfg, "task.name") == "adding":
+        c.integer("task.seq_len", 2)
+
+
+def _check_training(c: _Checker) -> None:
+    c.positive("optim.lr")
+    c.positive("clip.max_norm", optional=True)
+    c.choice("clip.algorithm", CLIP_ALGORITHMS)
+    c.integer("trainer.max_steps", 1)
+    c.integer("trainer.val_check_interval", 1)
+    c.integer("diagnostics.every_n_steps", 1)
+    c.integer("diagnostics.spectral_every_n_steps", 1)
+    c.choice("nonfinite.policy", NONFINITE_POLICIES)
+    c.integer("nonfinite.max_consecutive", 1)
+    c.integer("seed", 0)
+
+
+CHECKS: tuple[Callable[[_Checker], None], ...] = (_check_model, _check_task, _check_training)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` on the first invalid value of ``cfg``."""
+    checker = _Checker(cfg)
+    for check in CHECKS:
+        check(checker)

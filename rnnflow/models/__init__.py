@@ -1,0 +1,23 @@
+"""Models: RecurrentNet and its initialisation schemes."""
+
+from rnnflow.models.init import (
+    BIAS_SCHEMES,
+    GATES,
+    INPUT_SCHEMES,
+    RECURRENT_SCHEMES,
+    initialise_recurrent_layer_,
+    spectral_radius,
+)
+from rnnflow.models.recurrent_net import CELLS, NONLINEARITIES, RecurrentNet
+
+__all__ = [
+    "BIAS_SCHEMES",
+    "CELLS",
+    "GATES",
+    "INPUT_SCHEMES",
+    "NONLINEARITIES",
+    "RECURRENT_SCHEMES",
+    "RecurrentNet",
+    "initialise_recurrent_layer_",
+    "spectral_radius",
+]

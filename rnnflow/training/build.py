@@ -1,0 +1,84 @@
+"""Turn a composed Hydra config into the objects of a run: task, model, module, data, trainer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from rnnflow.models import RecurrentNet
+from rnnflow.tasks import SyntheticTask, build_task
+from rnnflow.training.data import SyntheticDataModule
+from rnnflow.training.module import RecurrentTaskModule
+
+TASK_BUILD_EXCLUDE = ("name", "batch_size", "val_batches")
+
+
+def build_task_from_config(cfg: DictConfig) -> SyntheticTask:
+    params = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k not in TASK_BUILD_EXCLUDE}
+    return build_task(cfg.task.name, **params)
+
+
+def build_model(cfg: DictConfig, task: SyntheticTask) -> RecurrentNet:
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    return RecurrentNet(
+        cell=model_cfg["cell"],
+        input_size=task.input_size,
+        hidden_size=model_cfg["hidden_size"],
+        num_layers=model_cfg["num_layers"],
+        output_size=task.output_size,
+        readout=task.readout,
+        vocab_size=task.vocab_size,
+        nonlinearity=model_cfg.get("nonlinearity", "tanh"),
+        residual=model_cfg.get("residual", False),
+        layer_norm=model_cfg.get("layer_norm", False),
+        init=model_cfg.get("init"),
+    )
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The run's config flattened to ``{"model.hidden_size": 128, ...}`` with plain values."""
+    flat: dict[str, Any] = {}
+
+    def visit(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if str(key) == "_target_":  # e.g. optim._target_ -> optim.target
+                    key = "target"
+                elif str(key).startswith("_"):
+                    continue
+                visit(f"{prefix}.{key}" if prefix else str(key), value)
+        elif isinstance(node, (list, tuple)):
+            flat[prefix] = str(list(node))
+        else:
+            flat[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+    keep = {k: cfg[k] for k in ("model", "task", "optim", "clip", "seed") if k in cfg}
+    visit("", OmegaConf.to_container(OmegaConf.create(keep), resolve=True))
+    flat["trainer.max_steps"] = cfg.trainer.max_steps
+    return flat
+
+
+def build_module(cfg: DictConfig, task: SyntheticTask) -> RecurrentTaskModule:
+    return RecurrentTaskModule(
+        model=build_model(cfg, task),
+        task=task,
+        optimizer=hydra.utils.instantiate(cfg.optim),
+        clip_max_norm=cfg.clip.max_norm,
+        clip_algorithm=cfg.clip.algorithm,
+        hparams=flat_hparams(cfg),
+    )
+
+
+def build_datamodule(cfg: DictConfig, task: SyntheticTask) -> SyntheticDataModule:
+    return SyntheticDataModule(task, cfg.task.batch_size, cfg.task.val_batches, cfg.seed)
+
+
+def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> L.Trainer:
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    return hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks + list(extra_callbacks or []), logger=loggers or False
+    )

@@ -1,0 +1,30 @@
+"""One training run from a composed config: validate, build, fit, return the final metrics."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from rnnflow.config import validate_config
+from rnnflow.training.build import build_datamodule, build_module, build_task_from_config, build_trainer
+from rnnflow.training.run_end import HParamsSummary, ValidateAtEnd
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train the experiment ``cfg`` describes; returns the final ``trainer.callback_metrics``.
+
+    Raises :class:`rnnflow.config.ConfigError` before anything is built if a value is invalid.
+    """
+    validate_config(cfg)
+    if cfg.get("cpu_flush_denormal", True):
+        # Vanishing gradients underflow into subnormal floats, which the CPU handles
+        # ~2.7x slower (DESIGN fact 4); flushing them to zero changes no visible result.
+        torch.set_flush_denormal(True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    task = build_task_from_config(cfg)
+    module = build_module(cfg, task)
+    datamodule = build_datamodule(cfg, task)
+    trainer = build_trainer(cfg, extra_callbacks=[ValidateAtEnd(), HParamsSummary(module.hparams)])
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    return {name: float(value) for name, value in trainer.callback_metrics.items()}
