@@ -8,6 +8,7 @@ from rnnflow.models.init import (
     initialise_recurrent_layer_,
     spectral_radius,
 )
+from rnnflow.models.fused import FusedSpec, SigmoidRNN, fused_spec, run_fused
 from rnnflow.models.recurrent_net import CELLS, NONLINEARITIES, RecurrentNet
 
 __all__ = [
@@ -17,7 +18,11 @@ __all__ = [
     "INPUT_SCHEMES",
     "NONLINEARITIES",
     "RECURRENT_SCHEMES",
+    "FusedSpec",
     "RecurrentNet",
+    "SigmoidRNN",
+    "fused_spec",
+    "run_fused",
     "initialise_recurrent_layer_",
     "spectral_radius",
 ]

@@ -10,7 +10,7 @@ The head maps ``x^L`` to ``(B, O)`` from the last step (``readout="last"``) or t
 ``(B, T, O)`` at every step (``readout="all"``).
 
 Each layer is its own single-layer fused module (cuDNN on a GPU, the fused CPU kernel
-otherwise), so that a probe can wrap one layer's call: :meth:`RecurrentNet.forward`
+otherwise; the sigmoid RNN is an exact fused tanh RNN, :class:`SigmoidRNN`), so that a probe can wrap one layer's call: :meth:`RecurrentNet.forward`
 takes an optional ``layer_call(index, layer, x) -> h`` that replaces ``layer(x)[0]``.
 """
 
@@ -21,12 +21,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from rnnflow.models.fused import SigmoidRNN
 from rnnflow.models.init import initialise_recurrent_layer_
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-NONLINEARITIES = ("tanh", "relu")
+NONLINEARITIES = ("tanh", "relu", "sigmoid")
 
-LayerCall = Callable[[int, nn.RNNBase, torch.Tensor], torch.Tensor]
+LayerCall = Callable[[int, nn.Module, torch.Tensor], torch.Tensor]
 
 
 class RecurrentNet(nn.Module):
@@ -56,11 +57,15 @@ class RecurrentNet(nn.Module):
         self.vocab_size = vocab_size
         self.readout = readout
         self.residual = residual
-        layers = []
+        layers: list[nn.Module] = []
         for index in range(num_layers):
-            kwargs = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
             size_in = input_size if index == 0 else hidden_size
-            layers.append(CELLS[cell](size_in, hidden_size, num_layers=1, batch_first=True, **kwargs))
+            if cell == "rnn" and nonlinearity == "sigmoid":
+                layers.append(SigmoidRNN(size_in, hidden_size, batch_first=True))
+            elif cell == "rnn":
+                layers.append(nn.RNN(size_in, hidden_size, nonlinearity=nonlinearity, batch_first=True))
+            else:
+                layers.append(CELLS[cell](size_in, hidden_size, num_layers=1, batch_first=True))
         self.layers = nn.ModuleList(layers)
         self.norms = nn.ModuleList(
             [nn.LayerNorm(hidden_size) if layer_norm else nn.Identity() for _ in range(num_layers)]
