@@ -80,7 +80,9 @@ def _extra_block(spec: FusedSpec) -> torch.Tensor:
     w_hr, w_hz, _ = w_hh.split(hidden, dim=0)
     zeros = w_hh.new_zeros(hidden, hidden)
     eye = torch.eye(hidden, dtype=w_hh.dtype, device=w_hh.device)
-    return torch.cat([torch.cat([w_hr, zeros], 1), torch.cat([w_hz, zeros], 1), torch.cat([zeros, eye], 1)], 0)
+    return torch.cat(
+        [torch.cat([w_hr, zeros], 1), torch.cat([w_hz, zeros], 1), torch.cat([zeros, eye], 1)], 0
+    )
 
 
 def probed_layer_call(layer: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, ProbedLayer]:
@@ -99,7 +101,9 @@ def _time_major(tensor: torch.Tensor, batch_first: bool) -> torch.Tensor:
     return tensor.transpose(0, 1) if batch_first else tensor
 
 
-def _gate_preactivations(spec: FusedSpec, inputs: torch.Tensor, prev: torch.Tensor, gates: list[int]) -> torch.Tensor:
+def _gate_preactivations(
+    spec: FusedSpec, inputs: torch.Tensor, prev: torch.Tensor, gates: list[int]
+) -> torch.Tensor:
     """``W_ih x_t + b_ih + W_hh u_{t-1} + b_hh`` of the listed gate blocks, all t in one GEMM.
 
     ``inputs`` ``(T, B, I)``, ``prev`` ``(T, B, H)`` (``u_{t-1}``) → ``(T, B, len(gates)·H)``.
@@ -145,7 +149,9 @@ def _lstm_cell_grad(spec: FusedSpec, x: torch.Tensor, u: torch.Tensor, dh: torch
     return _reverse_linear_scan(dh * through_tanh, f)
 
 
-def total_hidden_gradients(record: ProbedLayer, grad_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+def total_hidden_gradients(
+    record: ProbedLayer, grad_scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """After backward: ``(∂L/∂h, ∂L/∂c or None)``, time-major ``(T, B, H)``, float32 or wider.
 
     ``grad_scale`` divides out a loss scale (mixed precision's GradScaler).
@@ -160,7 +166,9 @@ def total_hidden_gradients(record: ProbedLayer, grad_scale: float = 1.0) -> tupl
         direct = record.raw_output.grad
         direct = torch.zeros_like(u) if direct is None else _time_major(direct, spec.batch_first).to(dtype)
         extra = record.extra_input.grad
-        extra = torch.zeros_like(u[..., :1]) if extra is None else _time_major(extra, spec.batch_first).to(dtype)
+        extra = (
+            torch.zeros_like(u[..., :1]) if extra is None else _time_major(extra, spec.batch_first).to(dtype)
+        )
         # Gradient with respect to u_{t-1} that arrives through step t: (T-1, B, ·) for t = 1..T-1.
         recurrent = extra[1:, :, :hidden] if extra.size(-1) >= hidden else torch.zeros_like(u[1:])
         drive = direct.clone()
@@ -208,6 +216,8 @@ class GradientFlowProbe:
         flows = []
         for index in sorted(self.records):
             dh, dc = total_hidden_gradients(self.records[index], grad_scale)
-            flows.append(LayerGradientFlow(frobenius_per_step(dh), None if dc is None else frobenius_per_step(dc)))
+            flows.append(
+                LayerGradientFlow(frobenius_per_step(dh), None if dc is None else frobenius_per_step(dc))
+            )
         self.records.clear()
         return flows

@@ -1,5 +1,6 @@
 """Models: RecurrentNet and its initialisation schemes."""
 
+from rnnflow.models.fused import FusedSpec, SigmoidRNN, fused_spec, run_fused
 from rnnflow.models.init import (
     BIAS_SCHEMES,
     GATES,
@@ -8,7 +9,6 @@ from rnnflow.models.init import (
     initialise_recurrent_layer_,
     spectral_radius,
 )
-from rnnflow.models.fused import FusedSpec, SigmoidRNN, fused_spec, run_fused
 from rnnflow.models.recurrent_net import CELLS, NONLINEARITIES, RecurrentNet
 
 __all__ = [

@@ -45,7 +45,9 @@ class SigmoidRNN(nn.Module):
     Input ``(B, T, I)`` if ``batch_first`` else ``(T, B, I)``; returns ``(h, h_last)``.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, batch_first: bool = True, bias: bool = True) -> None:
+    def __init__(
+        self, input_size: int, hidden_size: int, batch_first: bool = True, bias: bool = True
+    ) -> None:
         super().__init__()
         self.input_size, self.hidden_size = input_size, hidden_size
         self.batch_first, self.bias, self.num_layers = batch_first, bias, 1
@@ -93,7 +95,9 @@ def fused_spec(layer: nn.Module) -> FusedSpec:
         if layer.bias:
             offset = offset + (layer.bias_ih_l0 + layer.bias_hh_l0) / 2
         weights = [w_ih / 2, w_hh / 4, offset, torch.zeros_like(offset)]
-        return FusedSpec("rnn_tanh", weights, layer.hidden_size, layer.batch_first, layer.training, -1.0, 0.5, 0.5)
+        return FusedSpec(
+            "rnn_tanh", weights, layer.hidden_size, layer.batch_first, layer.training, -1.0, 0.5, 0.5
+        )
     if not isinstance(layer, nn.RNNBase) or layer.num_layers != 1 or layer.bidirectional:
         raise TypeError(f"expected a single-layer unidirectional fused RNN, got {layer!r}")
     if layer.proj_size:
@@ -120,7 +124,9 @@ def run_fused(
         weights[0] = torch.cat([weights[0], extra_block], dim=1)
     batch = inputs.size(0 if spec.batch_first else 1)
     h0 = inputs.new_full((1, batch, spec.hidden_size), spec.initial_value)
-    hx: torch.Tensor | tuple[torch.Tensor, torch.Tensor] = (h0, torch.zeros_like(h0)) if spec.kernel == "lstm" else h0
+    hx: torch.Tensor | tuple[torch.Tensor, torch.Tensor] = (
+        (h0, torch.zeros_like(h0)) if spec.kernel == "lstm" else h0
+    )
     with warnings.catch_warnings():
         # cuDNN warns that these weights are not one contiguous buffer (it copies them).
         warnings.filterwarnings("ignore", message=".*contiguous chunk of memory.*")

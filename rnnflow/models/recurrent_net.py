@@ -10,7 +10,8 @@ The head maps ``x^L`` to ``(B, O)`` from the last step (``readout="last"``) or t
 ``(B, T, O)`` at every step (``readout="all"``).
 
 Each layer is its own single-layer fused module (cuDNN on a GPU, the fused CPU kernel
-otherwise; the sigmoid RNN is an exact fused tanh RNN, :class:`SigmoidRNN`), so that a probe can wrap one layer's call: :meth:`RecurrentNet.forward`
+otherwise; the sigmoid RNN is an exact fused tanh RNN, :class:`SigmoidRNN`), so that a
+probe can wrap one layer's call: :meth:`RecurrentNet.forward`
 takes an optional ``layer_call(index, layer, x) -> h`` that replaces ``layer(x)[0]``.
 """
 

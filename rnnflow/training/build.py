@@ -17,7 +17,9 @@ TASK_BUILD_EXCLUDE = ("name", "batch_size", "val_batches")
 
 
 def build_task_from_config(cfg: DictConfig) -> SyntheticTask:
-    params = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k not in TASK_BUILD_EXCLUDE}
+    params = {
+        k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k not in TASK_BUILD_EXCLUDE
+    }
     return build_task(cfg.task.name, **params)
 
 
@@ -68,6 +70,8 @@ def build_module(cfg: DictConfig, task: SyntheticTask) -> RecurrentTaskModule:
         optimizer=hydra.utils.instantiate(cfg.optim),
         clip_max_norm=cfg.clip.max_norm,
         clip_algorithm=cfg.clip.algorithm,
+        nonfinite_policy=cfg.nonfinite.policy,
+        nonfinite_max_consecutive=cfg.nonfinite.max_consecutive,
         hparams=flat_hparams(cfg),
     )
 

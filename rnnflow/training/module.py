@@ -1,4 +1,4 @@
-"""The LightningModule: forward, task loss, clipping with its statistics, optimizer.
+"""The LightningModule: forward, task loss, clipping with its statistics, non-finite policy.
 
 Per training step on a batch ``(x, y)``:
 
@@ -7,13 +7,23 @@ Per training step on a batch ``(x, y)``:
     norm clipping:  g ← g · min(1, c / ‖g‖)      (clip.algorithm = norm, c = clip.max_norm)
     value clipping: g ← clamp(g, -c, c)          (clip.algorithm = value)
 
-The pre-clip norm and the clipped flag stay on the device as tensors (no host sync);
-callbacks read them when they log. Diagnostics and logging of diagnostics live in
-callbacks, so this module stays small.
+The clip statistics stay on the device (callbacks buffer them; no host sync per step).
+
+Non-finite policy (``nonfinite.policy``): if ``L`` or ``‖g‖`` is not finite, the step
+is *skipped* (gradients dropped, optimizer state untouched) and counted in
+``nonfinite/events``; after ``nonfinite.max_consecutive`` skipped steps in a row the run
+stops with a message. ``stop`` stops at the first one; ``raise`` raises
+``FloatingPointError`` (non-zero exit). Deciding to skip needs the norm on the host: one
+scalar sync per step, the same price ``torch.amp.GradScaler`` pays for its skips.
+
+On probe steps a :class:`rnnflow.diagnostics.gradient_flow.GradientFlowProbe` (set by
+:class:`rnnflow.training.gradient_flow_monitor.GradientFlowMonitor`) runs the layers.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -21,10 +31,12 @@ import lightning as L
 import torch
 from torch import nn
 
+from rnnflow.diagnostics.gradient_flow import GradientFlowProbe
 from rnnflow.models import RecurrentNet
 from rnnflow.tasks import SyntheticTask, TaskBatch
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+log = logging.getLogger(__name__)
 
 
 class RecurrentTaskModule(L.LightningModule):
@@ -37,6 +49,8 @@ class RecurrentTaskModule(L.LightningModule):
         optimizer: OptimizerFactory,
         clip_max_norm: float | None = None,
         clip_algorithm: str = "norm",
+        nonfinite_policy: str = "skip",
+        nonfinite_max_consecutive: int = 10,
         hparams: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -45,17 +59,24 @@ class RecurrentTaskModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.clip_max_norm = clip_max_norm
         self.clip_algorithm = clip_algorithm
+        self.nonfinite_policy = nonfinite_policy
+        self.nonfinite_max_consecutive = nonfinite_max_consecutive
         # Plain python values only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters(hparams or {}, logger=False)
+        self.probe: GradientFlowProbe | None = None
         self.pre_clip_norm: torch.Tensor | None = None
         self.post_clip_norm: torch.Tensor | None = None
         self.clipped: torch.Tensor | None = None
+        self.clip_step = 0
+        self.nonfinite_events = 0
+        self.nonfinite_consecutive = 0
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model(inputs)
 
     def training_step(self, batch: TaskBatch, batch_idx: int) -> torch.Tensor:
-        loss = self.task.loss(self.model(batch.inputs), batch.targets)
+        layer_call = self.probe.layer_call if self.probe is not None else None
+        loss = self.task.loss(self.model(batch.inputs, layer_call=layer_call), batch.targets)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -77,24 +98,64 @@ class RecurrentTaskModule(L.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        """Clip with ``clip.*`` and keep the pre-clip norm (Lightning's own clipping drops it)."""
+        """Clip with ``clip.*``, keep the pre-clip norm (Lightning's clipping drops it), apply the policy."""
         params = [p for p in self.parameters() if p.grad is not None]
         if not params:
             return
+        grads = [p.grad for p in params]
+        self.clip_step = self.global_step
         if self.clip_max_norm is None:
-            self.pre_clip_norm = nn.utils.get_total_norm([p.grad for p in params])
+            self.pre_clip_norm = nn.utils.get_total_norm(grads)
             self.post_clip_norm = self.pre_clip_norm
             self.clipped = torch.zeros((), device=self.pre_clip_norm.device)
         elif self.clip_algorithm == "norm":
             self.pre_clip_norm = nn.utils.clip_grad_norm_(params, self.clip_max_norm)
             self.clipped = (self.pre_clip_norm > self.clip_max_norm).float()
-            self.post_clip_norm = torch.minimum(
-                self.pre_clip_norm, torch.as_tensor(self.clip_max_norm, device=self.pre_clip_norm.device)
-            )
+            self.post_clip_norm = self.pre_clip_norm.clamp(max=self.clip_max_norm)
         else:
-            grads = [p.grad for p in params]
             self.pre_clip_norm = nn.utils.get_total_norm(grads)
-            largest = torch.stack([g.detach().abs().max() for g in grads]).max()
+            largest = torch.stack([g.detach().abs().amax() for g in grads]).amax()
             self.clipped = (largest > self.clip_max_norm).float()
             nn.utils.clip_grad_value_(params, self.clip_max_norm)
             self.post_clip_norm = nn.utils.get_total_norm(grads)
+        self._apply_nonfinite_policy(params)
+
+    def _apply_nonfinite_policy(self, params: list[nn.Parameter]) -> None:
+        norm = float(self.pre_clip_norm)  # the one host sync per step (see module docstring)
+        if math.isfinite(norm):
+            self.nonfinite_consecutive = 0
+            self.log("nonfinite/events", float(self.nonfinite_events))
+            return
+        for param in params:  # the optimizer skips parameters without a gradient
+            param.grad = None
+        self.nonfinite_events += 1
+        self.nonfinite_consecutive += 1
+        self.log("nonfinite/events", float(self.nonfinite_events))
+        message = (
+            f"non-finite loss or gradient at step {self.global_step} "
+            f"({self.nonfinite_consecutive} in a row, {self.nonfinite_events} in all)"
+        )
+        if self.nonfinite_policy == "raise":
+            raise FloatingPointError(message + "; nonfinite.policy=raise")
+        if self.nonfinite_policy == "stop" or self.nonfinite_consecutive >= self.nonfinite_max_consecutive:
+            log.error(
+                "%s: stopping (nonfinite.policy=%s, max_consecutive=%d); the last checkpoint keeps the "
+                "last finite weights",
+                message,
+                self.nonfinite_policy,
+                self.nonfinite_max_consecutive,
+            )
+            self.trainer.should_stop = True
+        else:
+            log.warning("%s: step skipped (nonfinite.policy=skip)", message)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rnnflow"] = {
+            "nonfinite_events": self.nonfinite_events,
+            "nonfinite_consecutive": self.nonfinite_consecutive,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("rnnflow", {})
+        self.nonfinite_events = int(state.get("nonfinite_events", 0))
+        self.nonfinite_consecutive = int(state.get("nonfinite_consecutive", 0))

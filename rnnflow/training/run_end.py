@@ -30,7 +30,9 @@ class HParamsSummary(L.Callback):
     the ``val/*`` curves keep only their real points.
     """
 
-    def __init__(self, hparams: Mapping[str, Any], metrics: tuple[str, ...] = ("val/loss", "val/accuracy")) -> None:
+    def __init__(
+        self, hparams: Mapping[str, Any], metrics: tuple[str, ...] = ("val/loss", "val/accuracy")
+    ) -> None:
         self.hparams = dict(hparams)
         self.metrics = metrics
 
