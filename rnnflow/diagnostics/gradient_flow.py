@@ -191,7 +191,7 @@ def total_hidden_gradients(
 
 def frobenius_per_step(gradients: torch.Tensor) -> torch.Tensor:
     """``(T, B, H)`` → ``(T,)``: ``‖·‖_F`` over batch and units at each step."""
-    return gradients.float().square().sum(dim=(1, 2)).sqrt()
+    return gradients.square().sum(dim=(1, 2)).sqrt()
 
 
 @dataclass

@@ -1,0 +1,146 @@
+"""The gradient-flow probe against independent references.
+
+* an unrolled autograd loop in float64 (tests/reference_cells.py), whose per-step states'
+  ``.grad`` are the total ∂L/∂h_t and ∂L/∂c_t by definition;
+* the closed form of a linear recurrence ``h_t = ρ P h_{t-1} + …`` (P a permutation,
+  hence orthogonal), where ‖∂L/∂h_t‖ = ρ^{T-1-t} ‖∂L/∂h_{T-1}‖ exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from reference_cells import UnrolledReference
+from torch import nn
+
+from rnnflow.diagnostics.gradient_flow import GradientFlowProbe, probed_layer_call, total_hidden_gradients
+from rnnflow.diagnostics.profile_stats import decay_rate, log10_ratio
+from rnnflow.models import RecurrentNet
+
+CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("rnn", "sigmoid"), ("lstm", "tanh"), ("gru", "tanh")]
+
+
+def _loss(outputs: torch.Tensor) -> torch.Tensor:
+    weights = torch.linspace(-1.0, 2.0, outputs.numel(), dtype=outputs.dtype).view_as(outputs)
+    return (outputs * weights).sum() + 0.5 * outputs.square().sum()
+
+
+def _net(cell: str, nonlinearity: str, layers: int, readout: str, **kwargs) -> RecurrentNet:
+    torch.manual_seed(1)
+    return RecurrentNet(cell, 3, 7, layers, 2, readout=readout, nonlinearity=nonlinearity, **kwargs).double()
+
+
+def _run(net: RecurrentNet, inputs: torch.Tensor, layer_call) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    net.zero_grad()
+    outputs = net(inputs, layer_call=layer_call)
+    _loss(outputs).backward()
+    return outputs.detach(), [p.grad.clone() for p in net.parameters()]
+
+
+@pytest.mark.parametrize("cell,nonlinearity", CELLS)
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("readout", ["last", "all"])
+def test_total_hidden_gradient_matches_unrolled_reference(cell, nonlinearity, layers, readout):
+    net = _net(cell, nonlinearity, layers, readout)
+    inputs = torch.randn(4, 13, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    reference = UnrolledReference()
+    _run(net, inputs, reference.layer_call)
+    records = {}
+
+    def probed(index, layer, x):
+        hidden, records[index] = probed_layer_call(layer, x)
+        return hidden
+
+    _run(net, inputs, probed)
+    for index in range(layers):
+        dh, dc = total_hidden_gradients(records[index])
+        expected = reference.hidden_grads(index)
+        assert expected.abs().max() > 0
+        torch.testing.assert_close(dh, expected, rtol=1e-10, atol=1e-13)
+        if cell == "lstm":
+            torch.testing.assert_close(dc, reference.cell_grads(index), rtol=1e-10, atol=1e-13)
+        else:
+            assert dc is None
+
+
+@pytest.mark.parametrize("cell,nonlinearity", CELLS)
+def test_residual_and_layer_norm_paths_are_included(cell, nonlinearity):
+    net = _net(cell, nonlinearity, 3, "all", residual=True, layer_norm=True)
+    inputs = torch.randn(3, 9, 3, dtype=torch.float64)
+    reference = UnrolledReference()
+    _run(net, inputs, reference.layer_call)
+    probe = GradientFlowProbe()
+    _run(net, inputs, probe.layer_call)
+    for index, flow in enumerate(probe.gradient_flow()):
+        expected = reference.hidden_grads(index).square().sum(dim=(1, 2)).sqrt()
+        torch.testing.assert_close(flow.hidden, expected, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("layer_type", [nn.RNN, nn.LSTM, nn.GRU])
+def test_time_major_layers(layer_type):
+    """``batch_first=False``: (T, B, I) in, (T, B, H) out."""
+    torch.manual_seed(3)
+    layer = layer_type(3, 5, batch_first=False).double()
+    inputs = torch.randn(11, 4, 3, dtype=torch.float64)
+    reference = UnrolledReference()
+    _loss(reference.layer_call(0, layer, inputs)).backward()
+    hidden, record = probed_layer_call(layer, inputs)
+    _loss(hidden).backward()
+    dh, _ = total_hidden_gradients(record)
+    torch.testing.assert_close(dh, reference.hidden_grads(0), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("cell,nonlinearity", CELLS)
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_probing_does_not_change_outputs_or_parameter_gradients(cell, nonlinearity, dtype, tolerance):
+    net = _net(cell, nonlinearity, 2, "last").to(dtype)
+    inputs = torch.randn(8, 30, 3, dtype=dtype)
+    plain_out, plain_grads = _run(net, inputs, None)
+    probe = GradientFlowProbe()
+    probed_out, probed_grads = _run(net, inputs, probe.layer_call)
+    torch.testing.assert_close(probed_out, plain_out, rtol=tolerance, atol=tolerance)
+    for plain, probed in zip(plain_grads, probed_grads, strict=True):
+        torch.testing.assert_close(probed, plain, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("rho", [0.9, 1.0, 1.1])
+def test_linear_recurrence_closed_form(rho):
+    """ReLU RNN kept in its linear regime: W = ρ·P (P a cyclic permutation), inputs and bias > 0.
+
+    Then h_t = ρ P h_{t-1} + (W_ih x_t + b) with every pre-activation positive, so
+    ∂L/∂h_{t-1} = ρ Pᵀ ∂L/∂h_t and ‖∂L/∂h_t‖ = ρ^{T-1-t} ‖∂L/∂h_{T-1}‖ for a loss on h_{T-1}.
+    """
+    steps, hidden = 101, 6
+    layer = nn.RNN(2, hidden, nonlinearity="relu", batch_first=True).double()
+    with torch.no_grad():
+        layer.weight_hh_l0.copy_(rho * torch.roll(torch.eye(hidden, dtype=torch.float64), 1, dims=0))
+        layer.weight_ih_l0.uniform_(0.1, 1.0)
+        layer.bias_ih_l0.fill_(0.5)
+        layer.bias_hh_l0.zero_()
+    inputs = torch.rand(4, steps, 2, dtype=torch.float64)
+    hidden_states, record = probed_layer_call(layer, inputs)
+    assert bool((hidden_states > 0).all())
+    hidden_states[:, -1].sum().backward()
+    dh, _ = total_hidden_gradients(record)
+    profile = dh.square().sum(dim=(1, 2)).sqrt()
+    expected = profile[-1] * rho ** torch.arange(steps - 1, -1, -1, dtype=torch.float64)
+    torch.testing.assert_close(profile, expected, rtol=1e-12, atol=0)
+    assert float(decay_rate(profile)) == pytest.approx(rho, rel=1e-12)
+    assert float(log10_ratio(profile)) == pytest.approx(100 * math.log10(rho), abs=1e-10)
+    ratio = float(profile[0] / profile[-1])
+    assert ratio == pytest.approx({0.9: 2.6561e-5, 1.0: 1.0, 1.1: 1.3781e4}[rho], rel=1e-4)
+
+
+def test_loss_scale_is_divided_out():
+    layer = nn.LSTM(3, 4, batch_first=True).double()
+    inputs = torch.randn(2, 6, 3, dtype=torch.float64)
+    hidden, record = probed_layer_call(layer, inputs)
+    (1024.0 * hidden.sum()).backward()
+    scaled, scaled_cell = total_hidden_gradients(record, grad_scale=1024.0)
+    hidden, record = probed_layer_call(layer, inputs)
+    hidden.sum().backward()
+    plain, plain_cell = total_hidden_gradients(record)
+    torch.testing.assert_close(scaled, plain)
+    torch.testing.assert_close(scaled_cell, plain_cell)
