@@ -56,7 +56,9 @@ class UnrolledReference:
 
     def hidden_grads(self, index: int) -> torch.Tensor:
         """``(T, B, H)`` total ∂L/∂h_t of layer ``index``."""
-        return torch.stack([h.grad if h.grad is not None else torch.zeros_like(h) for h in self.hidden[index]])
+        return torch.stack(
+            [h.grad if h.grad is not None else torch.zeros_like(h) for h in self.hidden[index]]
+        )
 
     def cell_grads(self, index: int) -> torch.Tensor:
         return torch.stack([c.grad if c.grad is not None else torch.zeros_like(c) for c in self.cell[index]])

@@ -1,0 +1,153 @@
+"""End to end: what the callbacks write to TensorBoard, clipping and the non-finite policy."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from tbparse import SummaryReader
+
+from rnnflow.training.run import train
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+TINY = [
+    "model.hidden_size=8",
+    "task.seq_len=12",
+    "task.batch_size=8",
+    "task.val_batches=1",
+    "trainer.log_every_n_steps=1",
+]
+
+
+def run(tmp_path: Path, *overrides: str) -> tuple[dict[str, float], Path]:
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=[*TINY, f"paths.output_dir={tmp_path}", *overrides])
+    metrics = train(cfg)
+    return metrics, tmp_path
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    frame = SummaryReader(str(run_dir / "tb")).scalars
+    return {tag: list(zip(g.step, g.value, strict=True)) for tag, g in frame.groupby("tag")}
+
+
+@pytest.mark.parametrize("model,gates", [("rnn", None), ("lstm", "ifgo"), ("gru", "rzn")])
+def test_tags_of_the_contract(tmp_path, model, gates):
+    _, out = run(
+        tmp_path,
+        f"model={model}",
+        "model.num_layers=2",
+        "trainer.max_steps=7",
+        "diagnostics.every_n_steps=3",
+        "diagnostics.spectral_every_n_steps=3",
+    )
+    tags = scalars(out)
+    probe_steps = [0, 3, 6]  # every 3 steps and the last step
+    for layer in ("layer0", "layer1"):
+        for name in ("log10_ratio", "decay_rate", "horizon", "norm_t0000", "norm_t0011"):
+            assert [s for s, _ in tags[f"grad_flow/{layer}/{name}"]] == probe_steps
+        norm_tags = [t for t in tags if t.startswith(f"grad_flow/{layer}/norm_t")]
+        assert 7 <= len(norm_tags) <= 9
+        assert ("grad_flow/" + layer + "/cell_log10_ratio" in tags) == (model == "lstm")
+        for gate in gates or [None]:
+            prefix = f"spectral/{layer}/" + (f"{gate}/" if gate else "")
+            assert [s for s, _ in tags[prefix + "radius"]] == probe_steps
+            assert tags[prefix + "norm"][0][1] >= tags[prefix + "radius"][0][1] - 1e-6
+    for name in ("pre_norm", "post_norm", "clipped", "events", "fraction"):
+        assert [s for s, _ in tags[f"clip/{name}"]] == list(range(7))
+    assert [s for s, _ in tags["train/loss"]] == list(range(7))
+
+
+def test_logged_profile_is_the_probe_of_that_step(tmp_path):
+    """The norm_t tags of step 0 equal a probe of the initial model on batch 0 (independent run)."""
+    from hydra import compose as compose_again
+
+    from rnnflow.diagnostics.gradient_flow import GradientFlowProbe
+    from rnnflow.training.build import build_datamodule, build_module, build_task_from_config
+
+    _, out = run(tmp_path, "model=gru", "trainer.max_steps=1", "diagnostics.every_n_steps=1")
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose_again("train", overrides=[*TINY, "model=gru", f"paths.output_dir={tmp_path}"])
+    import lightning as L
+
+    L.seed_everything(cfg.seed, verbose=False)
+    task = build_task_from_config(cfg)
+    module = build_module(cfg, task)
+    batch = build_datamodule(cfg, task).make_batch(0, 0, torch.device("cpu"))
+    probe = GradientFlowProbe()
+    task.loss(module.model(batch.inputs, layer_call=probe.layer_call), batch.targets).backward()
+    profile = probe.gradient_flow()[0].hidden
+    tags = scalars(out)
+    for t in (0, 4, 8, 11):
+        assert tags[f"grad_flow/layer0/norm_t{t:04d}"][0][1] == pytest.approx(float(profile[t]), rel=1e-5)
+
+
+def test_clipping_events_are_counted(tmp_path):
+    _, out = run(tmp_path, "model=rnn", "trainer.max_steps=6", "clip.max_norm=1e-3", "clip.algorithm=norm")
+    tags = scalars(out)
+    pre = [v for _, v in tags["clip/pre_norm"]]
+    post = [v for _, v in tags["clip/post_norm"]]
+    assert all(p > 1e-3 for p in pre)
+    assert post == pytest.approx([1e-3] * 6, rel=1e-4)
+    assert [v for _, v in tags["clip/clipped"]] == [1.0] * 6
+    assert [v for _, v in tags["clip/events"]] == [1, 2, 3, 4, 5, 6]
+    assert [v for _, v in tags["clip/fraction"]] == [1.0] * 6
+
+
+def test_clipping_off_and_value_clipping(tmp_path):
+    _, out = run(tmp_path / "off", "trainer.max_steps=3")
+    tags = scalars(out)
+    assert [v for _, v in tags["clip/clipped"]] == [0.0] * 3
+    assert [v for _, v in tags["clip/pre_norm"]] == [v for _, v in tags["clip/post_norm"]]
+    _, out = run(tmp_path / "value", "trainer.max_steps=3", "clip.max_norm=1e-4", "clip.algorithm=value")
+    tags = scalars(out)
+    assert [v for _, v in tags["clip/clipped"]] == [1.0] * 3
+    assert all(
+        post < pre for (_, pre), (_, post) in zip(tags["clip/pre_norm"], tags["clip/post_norm"], strict=True)
+    )
+
+
+EXPLODING = [
+    "model=rnn",
+    "model.init.recurrent=normal",
+    "model.init.std=30",
+    "optim.lr=1e6",
+    "model.nonlinearity=relu",
+]
+
+
+def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path):
+    metrics, out = run(tmp_path, *EXPLODING, "trainer.max_steps=40", "nonfinite.max_consecutive=3")
+    tags = scalars(out)
+    events = [v for _, v in tags["nonfinite/events"]]
+    assert events[-1] >= 3
+    assert len(events) < 40  # stopped early
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values())
+    assert "val/loss" in metrics
+
+
+def test_nonfinite_policy_raise(tmp_path):
+    with pytest.raises(FloatingPointError, match="nonfinite.policy=raise"):
+        run(tmp_path, *EXPLODING, "trainer.max_steps=40", "nonfinite.policy=raise")
+
+
+def test_nonfinite_never_overwrites_last_good_checkpoint(tmp_path):
+    from rnnflow.training.checkpoint import FiniteModelCheckpoint, all_finite
+
+    model = torch.nn.Linear(2, 2)
+    assert all_finite(model)
+    with torch.no_grad():
+        model.weight[0, 0] = math.inf
+    assert not all_finite(model)
+
+    class FakeTrainer:
+        lightning_module = model
+
+    path = tmp_path / "last.ckpt"
+    path.write_bytes(b"good")
+    FiniteModelCheckpoint(dirpath=tmp_path)._save_checkpoint(FakeTrainer(), str(path))
+    assert path.read_bytes() == b"good"
