@@ -118,6 +118,7 @@ def _check_training(c: _Checker) -> None:
     c.integer("diagnostics.figure_every_n_steps", 1, optional=True)
     c.positive("diagnostics.horizon_factor")
     c.rule(_get(c.cfg, "diagnostics.horizon_factor") < 1, "diagnostics.horizon_factor", "a number in (0, 1)")
+    c.integer("tbptt.chunk", 1, optional=True)
     c.choice("nonfinite.policy", NONFINITE_POLICIES)
     c.integer("nonfinite.max_consecutive", 1)
     c.integer("seed", 0)

@@ -20,7 +20,10 @@ class UnrolledReference:
         self.hidden: dict[int, list[torch.Tensor]] = {}
         self.cell: dict[int, list[torch.Tensor]] = {}
 
-    def layer_call(self, index: int, layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    def layer_call(
+        self, index: int, layer: nn.Module, inputs: torch.Tensor, state: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, None]:
+        """Unrolled ``layer(inputs, state)``; ``state`` in the layer's own convention (None: zeros)."""
         batch_first = layer.batch_first
         xs = (inputs.transpose(0, 1) if batch_first else inputs).unbind(0)
         w_ih, w_hh = layer.weight_ih_l0, layer.weight_hh_l0
@@ -28,6 +31,10 @@ class UnrolledReference:
         hidden = layer.hidden_size
         h = xs[0].new_zeros(xs[0].size(0), hidden)
         c = torch.zeros_like(h)
+        if isinstance(state, tuple):
+            h, c = state[0][0], state[1][0]
+        elif state is not None:
+            h = (state[0] + 1) / 2 if isinstance(layer, SigmoidRNN) else state[0]
         hs, cs = [], []
         for x in xs:
             a_in = x @ w_ih.T + b_ih
@@ -51,8 +58,7 @@ class UnrolledReference:
             h.retain_grad()
             hs.append(h)
         self.hidden[index], self.cell[index] = hs, cs
-        out = torch.stack(hs, dim=1 if batch_first else 0)
-        return out
+        return torch.stack(hs, dim=1 if batch_first else 0), None
 
     def hidden_grads(self, index: int) -> torch.Tensor:
         """``(T, B, H)`` total ∂L/∂h_t of layer ``index``."""

@@ -151,3 +151,24 @@ def test_nonfinite_never_overwrites_last_good_checkpoint(tmp_path):
     path.write_bytes(b"good")
     FiniteModelCheckpoint(dirpath=tmp_path)._save_checkpoint(FakeTrainer(), str(path))
     assert path.read_bytes() == b"good"
+
+
+def test_truncated_bptt_shows_the_truncation(tmp_path):
+    """Adding problem, T = 12, chunks of 5: only the last chunk (t = 10, 11) gets a gradient."""
+    _, out = run(
+        tmp_path, "model=lstm", "tbptt.chunk=5", "trainer.max_steps=3", "diagnostics.every_n_steps=1"
+    )
+    tags = scalars(out)
+    assert tags["grad_flow/layer0/horizon"][0][1] == 1
+    assert tags["grad_flow/layer0/norm_t0000"][0][1] == 0.0
+    assert tags["grad_flow/layer0/norm_t0011"][0][1] > 0.0
+    assert [s for s, _ in tags["train/loss"]] == [0, 1, 2]
+
+
+def test_truncated_bptt_steps_once_per_chunk(tmp_path):
+    """Copy, T + 20 = 32 steps in chunks of 8: 4 optimizer steps per sequence."""
+    _, out = run(tmp_path, "task=copy", "tbptt.chunk=8", "trainer.max_steps=8", "clip.max_norm=1e-6")
+    tags = scalars(out)
+    assert [s for s, _ in tags["train/loss"]] == [0, 1]  # 8 optimizer steps = 2 sequences
+    assert [v for _, v in tags["clip/events"]] == [4, 8]
+    assert [v for _, v in tags["clip/fraction"]] == [1.0, 1.0]

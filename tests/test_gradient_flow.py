@@ -49,9 +49,9 @@ def test_total_hidden_gradient_matches_unrolled_reference(cell, nonlinearity, la
     _run(net, inputs, reference.layer_call)
     records = {}
 
-    def probed(index, layer, x):
-        hidden, records[index] = probed_layer_call(layer, x)
-        return hidden
+    def probed(index, layer, x, state):
+        hidden, final, records[index] = probed_layer_call(layer, x, state)
+        return hidden, final
 
     _run(net, inputs, probed)
     for index in range(layers):
@@ -78,6 +78,26 @@ def test_residual_and_layer_norm_paths_are_included(cell, nonlinearity):
         torch.testing.assert_close(flow.hidden, expected, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("cell,nonlinearity", CELLS)
+def test_second_chunk_from_a_carried_state(cell, nonlinearity):
+    """Truncated BPTT: a chunk that starts from the previous chunk's (detached) final state."""
+    net = _net(cell, nonlinearity, 2, "all")
+    inputs = torch.randn(3, 16, 3, dtype=torch.float64)
+    first, second = inputs.split(8, dim=1)
+    _, states = net(first, return_states=True)
+    states = [tuple(s.detach() for s in st) if isinstance(st, tuple) else st.detach() for st in states]
+    reference = UnrolledReference()
+    _loss(net(second, layer_call=reference.layer_call, states=states)).backward()
+    probe = GradientFlowProbe()
+    _loss(net(second, layer_call=probe.layer_call, states=states)).backward()
+    for index, flow in enumerate(probe.gradient_flow()):
+        expected = reference.hidden_grads(index).square().sum(dim=(1, 2)).sqrt()
+        torch.testing.assert_close(flow.hidden, expected, rtol=1e-10, atol=1e-13)
+        if cell == "lstm":
+            expected_cell = reference.cell_grads(index).square().sum(dim=(1, 2)).sqrt()
+            torch.testing.assert_close(flow.cell, expected_cell, rtol=1e-10, atol=1e-13)
+
+
 @pytest.mark.parametrize("layer_type", [nn.RNN, nn.LSTM, nn.GRU])
 def test_time_major_layers(layer_type):
     """``batch_first=False``: (T, B, I) in, (T, B, H) out."""
@@ -85,8 +105,8 @@ def test_time_major_layers(layer_type):
     layer = layer_type(3, 5, batch_first=False).double()
     inputs = torch.randn(11, 4, 3, dtype=torch.float64)
     reference = UnrolledReference()
-    _loss(reference.layer_call(0, layer, inputs)).backward()
-    hidden, record = probed_layer_call(layer, inputs)
+    _loss(reference.layer_call(0, layer, inputs)[0]).backward()
+    hidden, _, record = probed_layer_call(layer, inputs)
     _loss(hidden).backward()
     dh, _ = total_hidden_gradients(record)
     torch.testing.assert_close(dh, reference.hidden_grads(0), rtol=1e-10, atol=1e-13)
@@ -120,7 +140,7 @@ def test_linear_recurrence_closed_form(rho):
         layer.bias_ih_l0.fill_(0.5)
         layer.bias_hh_l0.zero_()
     inputs = torch.rand(4, steps, 2, dtype=torch.float64)
-    hidden_states, record = probed_layer_call(layer, inputs)
+    hidden_states, _, record = probed_layer_call(layer, inputs)
     assert bool((hidden_states > 0).all())
     hidden_states[:, -1].sum().backward()
     dh, _ = total_hidden_gradients(record)
@@ -136,10 +156,10 @@ def test_linear_recurrence_closed_form(rho):
 def test_loss_scale_is_divided_out():
     layer = nn.LSTM(3, 4, batch_first=True).double()
     inputs = torch.randn(2, 6, 3, dtype=torch.float64)
-    hidden, record = probed_layer_call(layer, inputs)
+    hidden, _, record = probed_layer_call(layer, inputs)
     (1024.0 * hidden.sum()).backward()
     scaled, scaled_cell = total_hidden_gradients(record, grad_scale=1024.0)
-    hidden, record = probed_layer_call(layer, inputs)
+    hidden, _, record = probed_layer_call(layer, inputs)
     hidden.sum().backward()
     plain, plain_cell = total_hidden_gradients(record)
     torch.testing.assert_close(scaled, plain)

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from rnnflow.models.fused import FusedSpec, fused_spec, run_fused
+from rnnflow.models.fused import FusedSpec, State, fused_spec, initial_state, run_fused
 
 
 @dataclass
@@ -54,6 +54,7 @@ class ProbedLayer:
 
     spec: FusedSpec
     inputs: torch.Tensor  # x, as fed to the layer
+    initial_hidden: torch.Tensor  # u_{-1}, (1, B, H): the state the call started from
     raw_output: torch.Tensor  # u (retains its grad: the direct gradient)
     extra_input: torch.Tensor  # e (zeros; its grad is Aᵀ δ)
 
@@ -85,16 +86,20 @@ def _extra_block(spec: FusedSpec) -> torch.Tensor:
     )
 
 
-def probed_layer_call(layer: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, ProbedLayer]:
-    """Run ``layer`` on ``inputs`` like ``layer(inputs)[0]``, keeping what the probe needs."""
+def probed_layer_call(
+    layer: nn.Module, inputs: torch.Tensor, state: State | None = None
+) -> tuple[torch.Tensor, State, ProbedLayer]:
+    """Run ``layer`` like ``layer(inputs, state)``, keeping what the probe needs: ``(h, final, record)``."""
     spec = fused_spec(layer)
     block = _extra_block(spec)
     extra = inputs.new_zeros(*inputs.shape[:-1], block.size(1), requires_grad=True)
-    raw = run_fused(spec, inputs, extra, block, raw_output=True)
+    start = initial_state(spec, inputs) if state is None else state
+    raw, final = run_fused(spec, inputs, extra, block, state=start, raw_output=True)
     if raw.requires_grad:
         raw.retain_grad()
     hidden = raw if spec.out_scale == 1.0 and spec.out_shift == 0.0 else raw * spec.out_scale + spec.out_shift
-    return hidden, ProbedLayer(spec, inputs.detach(), raw, extra)
+    start_hidden = start[0] if isinstance(start, tuple) else start
+    return hidden, final, ProbedLayer(spec, inputs.detach(), start_hidden.detach(), raw, extra)
 
 
 def _time_major(tensor: torch.Tensor, batch_first: bool) -> torch.Tensor:
@@ -134,7 +139,9 @@ def _reverse_linear_scan(drive: torch.Tensor, decay: torch.Tensor) -> torch.Tens
     return torch.stack(out[::-1])
 
 
-def _lstm_cell_grad(spec: FusedSpec, x: torch.Tensor, u: torch.Tensor, dh: torch.Tensor) -> torch.Tensor:
+def _lstm_cell_grad(
+    spec: FusedSpec, x: torch.Tensor, u: torch.Tensor, prev: torch.Tensor, dh: torch.Tensor
+) -> torch.Tensor:
     """``∂L/∂c_t`` for all t (time-major ``(T, B, H)``) from the states and ``∂L/∂h_t``.
 
     ``c_t`` itself is never needed: ``h_t = o_t ⊙ tanh(c_t)`` gives ``tanh(c_t) = h_t / o_t``
@@ -142,7 +149,6 @@ def _lstm_cell_grad(spec: FusedSpec, x: torch.Tensor, u: torch.Tensor, dh: torch
     ``o_t ⊙ (1 - tanh² c_t) = o_t - h_t ⊙ (h_t / o_t)``. Only the ``f`` and ``o`` gates are
     recomputed (one GEMM), then one reverse linear scan.
     """
-    prev = torch.cat([torch.zeros_like(u[:1]), u[:-1]])
     f, o = _gate_preactivations(spec, x, prev, [1, 3]).sigmoid_().chunk(2, dim=-1)
     tiny = torch.finfo(o.dtype).tiny
     through_tanh = o - u * (u / o.clamp_min(tiny))
@@ -172,8 +178,8 @@ def total_hidden_gradients(
         # Gradient with respect to u_{t-1} that arrives through step t: (T-1, B, ·) for t = 1..T-1.
         recurrent = extra[1:, :, :hidden] if extra.size(-1) >= hidden else torch.zeros_like(u[1:])
         drive = direct.clone()
+        prev = torch.cat([record.initial_hidden.to(dtype), u[:-1]])  # u_{t-1}, (T, B, H)
         if spec.cell == "gru":
-            prev = torch.cat([torch.zeros_like(u[:1]), u[:-1]])
             r, z = _gate_preactivations(spec, x, prev, [0, 1]).sigmoid_().chunk(2, dim=-1)
             w_hn = spec.weights[1].detach().to(dtype)[2 * hidden :]
             drive[:-1] += recurrent + (extra[1:, :, hidden:] * r[1:]) @ w_hn
@@ -181,7 +187,7 @@ def total_hidden_gradients(
         else:
             drive[:-1] += recurrent
             du = drive
-        dc = _lstm_cell_grad(spec, x, u, du) if spec.cell == "lstm" else None
+        dc = _lstm_cell_grad(spec, x, u, prev, du) if spec.cell == "lstm" else None
         # h = s·u + c  ⇒  ∂L/∂h = ∂L/∂u / s.
         dh = du / (spec.out_scale * grad_scale)
         if dc is not None:
@@ -196,7 +202,7 @@ def frobenius_per_step(gradients: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class GradientFlowProbe:
-    """Collects probed layer calls during one forward; reads the profiles after backward.
+    """Collects probed layer calls; reads the per-step profiles after each backward.
 
     Usage::
 
@@ -204,20 +210,37 @@ class GradientFlowProbe:
         loss = task.loss(model(x, layer_call=probe.layer_call), y)
         loss.backward()
         flows = probe.gradient_flow()     # one LayerGradientFlow per layer
+
+    With truncated BPTT, call :meth:`collect` after each chunk's backward; the profiles of
+    the chunks of one layer are then concatenated along time by :meth:`gradient_flow`.
     """
 
-    records: dict[int, ProbedLayer] = field(default_factory=dict)
+    records: list[tuple[int, ProbedLayer]] = field(default_factory=list)
+    collected: dict[int, list[LayerGradientFlow]] = field(default_factory=dict)
 
-    def layer_call(self, index: int, layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        hidden, self.records[index] = probed_layer_call(layer, inputs)
-        return hidden
+    def layer_call(
+        self, index: int, layer: nn.Module, inputs: torch.Tensor, state: State | None = None
+    ) -> tuple[torch.Tensor, State]:
+        hidden, final, record = probed_layer_call(layer, inputs, state)
+        self.records.append((index, record))
+        return hidden, final
+
+    def collect(self, grad_scale: float = 1.0) -> None:
+        """Turn the calls since the last backward into profiles (frees their tensors)."""
+        for index, record in self.records:
+            dh, dc = total_hidden_gradients(record, grad_scale)
+            cell = None if dc is None else frobenius_per_step(dc)
+            self.collected.setdefault(index, []).append(LayerGradientFlow(frobenius_per_step(dh), cell))
+        self.records.clear()
 
     def gradient_flow(self, grad_scale: float = 1.0) -> list[LayerGradientFlow]:
+        """One profile per layer over the whole sequence (chunks concatenated in call order)."""
+        self.collect(grad_scale)
         flows = []
-        for index in sorted(self.records):
-            dh, dc = total_hidden_gradients(self.records[index], grad_scale)
-            flows.append(
-                LayerGradientFlow(frobenius_per_step(dh), None if dc is None else frobenius_per_step(dc))
-            )
-        self.records.clear()
+        for index in sorted(self.collected):
+            parts = self.collected[index]
+            cells = [p.cell for p in parts]
+            cell = None if any(c is None for c in cells) else torch.cat(cells)
+            flows.append(LayerGradientFlow(torch.cat([p.hidden for p in parts]), cell))
+        self.collected.clear()
         return flows

@@ -42,7 +42,7 @@ class SigmoidRNN(nn.Module):
 
     Parameters carry ``nn.RNN``'s names (``weight_ih_l0``, ``weight_hh_l0``,
     ``bias_ih_l0``, ``bias_hh_l0``) and meaning, so init schemes and spectra apply as-is.
-    Input ``(B, T, I)`` if ``batch_first`` else ``(T, B, I)``; returns ``(h, h_last)``.
+    Input ``(B, T, I)`` if ``batch_first`` else ``(T, B, I)``; returns ``(h, u_last)``.
     """
 
     def __init__(
@@ -58,10 +58,11 @@ class SigmoidRNN(nn.Module):
             self.bias_ih_l0 = nn.Parameter(torch.empty(hidden_size).uniform_(-bound, bound))
             self.bias_hh_l0 = nn.Parameter(torch.empty(hidden_size).uniform_(-bound, bound))
 
-    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = run_fused(fused_spec(self), inputs)
-        last = h[:, -1] if self.batch_first else h[-1]
-        return h, last.unsqueeze(0)
+    def forward(
+        self, inputs: torch.Tensor, hx: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(h, u_last)``; the state ``u = 2h - 1`` is what ``hx`` takes back."""
+        return run_fused(fused_spec(self), inputs, state=hx)
 
 
 @dataclass
@@ -106,34 +107,42 @@ def fused_spec(layer: nn.Module) -> FusedSpec:
     return FusedSpec(kernel, list(layer._flat_weights), layer.hidden_size, layer.batch_first, layer.training)
 
 
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # (1, B, H), or (h, c) for the LSTM
+
+
+def initial_state(spec: FusedSpec, inputs: torch.Tensor) -> State:
+    """The state before step 0 in kernel space: ``u_{-1}`` (and ``c_{-1} = 0`` for the LSTM)."""
+    batch = inputs.size(0 if spec.batch_first else 1)
+    h0 = inputs.new_full((1, batch, spec.hidden_size), spec.initial_value)
+    return (h0, torch.zeros_like(h0)) if spec.kernel == "lstm" else h0
+
+
 def run_fused(
     spec: FusedSpec,
     inputs: torch.Tensor,
     extra_input: torch.Tensor | None = None,
     extra_block: torch.Tensor | None = None,
+    state: State | None = None,
     raw_output: bool = False,
-) -> torch.Tensor:
-    """Run the fused call; returns the hidden states ``h`` (or ``u`` if ``raw_output``).
+) -> tuple[torch.Tensor, State]:
+    """Run the fused call from ``state`` (None: the initial state); returns ``(h, final state)``.
 
     Shapes: ``inputs`` ``(B, T, I)`` (``(T, B, I)`` unless batch_first), ``extra_input``
-    ``(…, K)`` alongside it, ``extra_block`` ``(G·H, K)``. Output ``(B, T, H)``.
+    ``(…, K)`` alongside it, ``extra_block`` ``(G·H, K)``; output ``(B, T, H)`` (``u`` if
+    ``raw_output``). States are in kernel space (``u``), as the next call expects them.
     """
     weights = list(spec.weights)
     if extra_input is not None:
         inputs = torch.cat([inputs, extra_input], dim=-1)
         weights[0] = torch.cat([weights[0], extra_block], dim=1)
-    batch = inputs.size(0 if spec.batch_first else 1)
-    h0 = inputs.new_full((1, batch, spec.hidden_size), spec.initial_value)
-    hx: torch.Tensor | tuple[torch.Tensor, torch.Tensor] = (
-        (h0, torch.zeros_like(h0)) if spec.kernel == "lstm" else h0
-    )
+    hx = initial_state(spec, inputs) if state is None else state
     with warnings.catch_warnings():
         # cuDNN warns that these weights are not one contiguous buffer (it copies them).
         warnings.filterwarnings("ignore", message=".*contiguous chunk of memory.*")
         result = KERNELS[spec.kernel](
             inputs, hx, weights, spec.has_bias, 1, 0.0, spec.training, False, spec.batch_first
         )
-    u = result[0]
+    u, final = result[0], (result[1], result[2]) if spec.kernel == "lstm" else result[1]
     if raw_output or (spec.out_scale == 1.0 and spec.out_shift == 0.0):
-        return u
-    return u * spec.out_scale + spec.out_shift
+        return u, final
+    return u * spec.out_scale + spec.out_shift, final

@@ -11,13 +11,14 @@ The head maps ``x^L`` to ``(B, O)`` from the last step (``readout="last"``) or t
 
 Each layer is its own single-layer fused module (cuDNN on a GPU, the fused CPU kernel
 otherwise; the sigmoid RNN is an exact fused tanh RNN, :class:`SigmoidRNN`), so that a
-probe can wrap one layer's call: :meth:`RecurrentNet.forward`
-takes an optional ``layer_call(index, layer, x) -> h`` that replaces ``layer(x)[0]``.
+probe can wrap one layer's call: :meth:`RecurrentNet.forward` takes an optional
+``layer_call(index, layer, x, state) -> (h, final_state)`` that replaces ``layer(x, state)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +29,8 @@ from rnnflow.models.init import initialise_recurrent_layer_
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 NONLINEARITIES = ("tanh", "relu", "sigmoid")
 
-LayerCall = Callable[[int, nn.Module, torch.Tensor], torch.Tensor]
+LayerState = Any  # what the layer returns as its final state and takes back as hx
+LayerCall = Callable[[int, nn.Module, torch.Tensor, LayerState], tuple[torch.Tensor, LayerState]]
 
 
 class RecurrentNet(nn.Module):
@@ -85,13 +87,31 @@ class RecurrentNet(nn.Module):
             return nn.functional.one_hot(inputs, self.vocab_size).to(self.head.weight.dtype)
         return inputs
 
-    def forward(self, inputs: torch.Tensor, layer_call: LayerCall | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        layer_call: LayerCall | None = None,
+        states: list[LayerState] | None = None,
+        return_states: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[LayerState]]:
+        """Read-out ``(B, O)`` or ``(B, T, O)``; with ``return_states`` also each layer's final state.
+
+        ``states`` (one per layer, as returned before) continue a sequence, as in truncated
+        BPTT; None starts every layer from its initial state.
+        """
         x = self.encode(inputs)
+        finals = []
         for index, (layer, norm) in enumerate(zip(self.layers, self.norms, strict=True)):
-            h = layer(x)[0] if layer_call is None else layer_call(index, layer, x)
+            state = None if states is None else states[index]
+            if layer_call is None:
+                h, final = layer(x, state)
+            else:
+                h, final = layer_call(index, layer, x, state)
+            finals.append(final)
             if self.residual and index > 0:
                 h = h + x
             x = norm(h)
         if self.readout == "last":
             x = x[:, -1]
-        return self.head(x)
+        outputs = self.head(x)
+        return (outputs, finals) if return_states else outputs

@@ -57,7 +57,7 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
         else:
             flat[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
 
-    keep = {k: cfg[k] for k in ("model", "task", "optim", "clip", "seed") if k in cfg}
+    keep = {k: cfg[k] for k in ("model", "task", "optim", "clip", "tbptt", "seed") if k in cfg}
     visit("", OmegaConf.to_container(OmegaConf.create(keep), resolve=True))
     flat["trainer.max_steps"] = cfg.trainer.max_steps
     return flat
@@ -72,6 +72,7 @@ def build_module(cfg: DictConfig, task: SyntheticTask) -> RecurrentTaskModule:
         clip_algorithm=cfg.clip.algorithm,
         nonfinite_policy=cfg.nonfinite.policy,
         nonfinite_max_consecutive=cfg.nonfinite.max_consecutive,
+        tbptt_chunk=cfg.tbptt.chunk,
         hparams=flat_hparams(cfg),
     )
 

@@ -1,13 +1,17 @@
 """Callback: every step's gradient norm and clipping event, without a host sync per step.
 
-Per step s the module leaves on the device ``‖g‖`` before and after clipping and
-``clipped_s ∈ {0, 1}``. They are buffered on the device and written to TensorBoard in one
+Per optimizer step s the module leaves on the device ``‖g‖`` before and after clipping
+and ``clipped_s ∈ {0, 1}`` (``RecurrentTaskModule.clip_records``). They are buffered on the device and written to TensorBoard in one
 transfer every ``flush_every_n_steps`` (and at the end), one point per step:
 
 * ``clip/pre_norm``, ``clip/post_norm``: ``‖g‖₂`` over all parameters before/after clipping;
 * ``clip/clipped``: 1 if clipping changed the gradient at that step;
 * ``clip/events``: running count ``Σ_{s' ≤ s} clipped_{s'}``;
 * ``clip/fraction``: ``events / (steps so far)``.
+
+Under truncated BPTT a batch takes one optimizer step per chunk; its point then holds the
+largest pre/post norm over its chunks, ``clipped`` = 1 if any chunk was clipped, and
+``events``/``fraction`` count every optimizer step.
 
 Counters are part of the checkpoint, so a resumed run continues them.
 """
@@ -19,7 +23,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from rnnflow.training.tensorboard import tensorboard_writer
+from rnnflow.training.tensorboard import batch_step, tensorboard_writer
 
 
 class ClipMonitor(L.Callback):
@@ -34,11 +38,15 @@ class ClipMonitor(L.Callback):
         self._trainer = trainer
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if pl_module.pre_clip_norm is not None:
-            stats = torch.stack([pl_module.pre_clip_norm, pl_module.post_clip_norm, pl_module.clipped])
-            self._buffer.append(stats)
-            self._buffer_steps.append(pl_module.clip_step)
-            pl_module.pre_clip_norm = None
+        if pl_module.clip_records:
+            records = torch.stack(pl_module.clip_records)  # (optimizer steps in this batch, 3)
+            pl_module.clip_records.clear()
+            largest = records.amax(dim=0)
+            counts = torch.stack(
+                [records[:, 2].sum(), torch.tensor(float(len(records)), device=records.device)]
+            )
+            self._buffer.append(torch.cat([largest, counts]))  # pre, post, clipped, events, steps
+            self._buffer_steps.append(batch_step(trainer))
         if len(self._buffer) >= self.flush_every_n_steps or trainer.should_stop:
             self.flush(trainer)
 
@@ -51,9 +59,9 @@ class ClipMonitor(L.Callback):
             return
         rows = torch.stack(self._buffer).float().cpu().tolist()  # the one host sync
         writer = tensorboard_writer(trainer)
-        for step, (pre, post, clipped) in zip(self._buffer_steps, rows, strict=True):
-            self.steps += 1
-            self.events += int(clipped)
+        for step, (pre, post, clipped, events, steps) in zip(self._buffer_steps, rows, strict=True):
+            self.steps += int(steps)
+            self.events += int(events)
             if writer is not None:
                 writer.add_scalar("clip/pre_norm", pre, step)
                 writer.add_scalar("clip/post_norm", post, step)

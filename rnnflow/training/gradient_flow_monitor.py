@@ -1,8 +1,8 @@
 """Callback: probe the exact gradient flow through time and write it to TensorBoard.
 
-On probe steps (step 0, every ``every_n_steps``, and the last step) the module runs its
-layers through :class:`rnnflow.diagnostics.gradient_flow.GradientFlowProbe`; after
-backward this callback turns the profiles ``n_t = ‖∂L/∂h_t‖_F`` into, per layer L:
+On probe steps (step 0, every ``every_n_steps``, and the last batch; see
+:class:`rnnflow.training.schedule.StepSchedule`) the module runs its layers through
+:class:`rnnflow.diagnostics.gradient_flow.GradientFlowProbe`; after backward this callback turns the profiles ``n_t = ‖∂L/∂h_t‖_F`` into, per layer L:
 
 * ``grad_flow/L/log10_ratio``, ``grad_flow/L/decay_rate``, ``grad_flow/L/horizon``
   (see :mod:`rnnflow.diagnostics.profile_stats`),
@@ -26,7 +26,8 @@ from rnnflow.diagnostics.gradient_flow import GradientFlowProbe, LayerGradientFl
 from rnnflow.diagnostics.profile_stats import decay_fit, decay_rate, horizon, log10_ratio, log_spaced_steps
 from rnnflow.diagnostics.spectral import gate_spectra
 from rnnflow.report.figures import bin_profile, heatmap_figure, profile_figure
-from rnnflow.training.tensorboard import tensorboard_writer
+from rnnflow.training.schedule import StepSchedule
+from rnnflow.training.tensorboard import batch_step, tensorboard_writer
 
 HEATMAP_BINS = 200
 
@@ -46,17 +47,12 @@ class GradientFlowMonitor(L.Callback):
         horizon_factor: float = 1e-3,
     ) -> None:
         self.every_n_steps = every_n_steps
+        self.schedule = StepSchedule(every_n_steps)
         self.figure_every_n_steps = figure_every_n_steps
         self.horizon_factor = horizon_factor
         self.heatmap_steps: list[int] = []
         self.heatmap_rows: list[list[np.ndarray]] = []
         self._figures_drawn = 0
-
-    def _is_probe_step(self, trainer: L.Trainer) -> bool:
-        if self.every_n_steps is None:
-            return False
-        step = trainer.global_step
-        return step % self.every_n_steps == 0 or step == trainer.max_steps - 1
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writer = tensorboard_writer(trainer)
@@ -70,24 +66,30 @@ class GradientFlowMonitor(L.Callback):
             writer.add_custom_scalars(layout)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        pl_module.probe = GradientFlowProbe() if self._is_probe_step(trainer) else None
+        self._probe_step = batch_step(trainer)
+        pl_module.probe = GradientFlowProbe() if self.schedule.due(trainer, pl_module) else None
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Once per backward (several per batch under truncated BPTT).
+        if getattr(pl_module, "probe", None) is not None:
+            pl_module.probe.collect(grad_scale=_loss_scale(trainer))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         probe = getattr(pl_module, "probe", None)
-        if probe is None or not probe.records:
-            return
-        flows = probe.gradient_flow(grad_scale=_loss_scale(trainer))
         pl_module.probe = None
-        writer = tensorboard_writer(trainer)
-        if writer is None:
+        if probe is None:
             return
-        step = trainer.global_step
+        flows = probe.gradient_flow()
+        writer = tensorboard_writer(trainer)
+        if writer is None or not flows:
+            return
+        step = self._probe_step
         profiles = [flow.hidden.cpu().double().numpy() for flow in flows]
         for index, (flow, profile) in enumerate(zip(flows, profiles, strict=True)):
             self._write_scalars(writer, f"grad_flow/layer{index}", flow, profile, step)
         self.heatmap_steps.append(step)
         self.heatmap_rows.append([bin_profile(p, HEATMAP_BINS) for p in profiles])
-        if self._is_figure_step(trainer):
+        if self._is_figure_step(trainer, pl_module, step):
             self._write_figures(writer, pl_module, profiles, step)
 
     def _write_scalars(
@@ -105,12 +107,14 @@ class GradientFlowMonitor(L.Callback):
             writer.add_scalar(f"{prefix}/cell_log10_ratio", float(log10_ratio(cell)), step)
             writer.add_scalar(f"{prefix}/cell_decay_rate", float(decay_rate(cell)), step)
 
-    def _is_figure_step(self, trainer: L.Trainer) -> bool:
+    def _is_figure_step(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> bool:
         if self.figure_every_n_steps is None:
             return False
-        step = trainer.global_step
         first = len(self.heatmap_steps) == 1
-        return first or step % self.figure_every_n_steps == 0 or step >= trainer.max_steps - 1
+        last = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+        previous = self.heatmap_steps[-2] if len(self.heatmap_steps) > 1 else -1
+        crossed = step // self.figure_every_n_steps > previous // self.figure_every_n_steps
+        return first or last or crossed
 
     def _write_figures(
         self, writer: Any, pl_module: L.LightningModule, profiles: list[np.ndarray], step: int
@@ -131,8 +135,9 @@ class GradientFlowMonitor(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         rows = [[r.tolist() for r in row] for row in self.heatmap_rows]
-        return {"heatmap_steps": list(self.heatmap_steps), "heatmap_rows": rows}
+        return {"heatmap_steps": list(self.heatmap_steps), "heatmap_rows": rows, **self.schedule.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(state_dict)
         self.heatmap_steps = list(state_dict.get("heatmap_steps", []))
         self.heatmap_rows = [[np.asarray(r) for r in row] for row in state_dict.get("heatmap_rows", [])]

@@ -18,6 +18,14 @@ scalar sync per step, the same price ``torch.amp.GradScaler`` pays for its skips
 
 On probe steps a :class:`rnnflow.diagnostics.gradient_flow.GradientFlowProbe` (set by
 :class:`rnnflow.training.gradient_flow_monitor.GradientFlowMonitor`) runs the layers.
+
+Truncated BPTT (``tbptt.chunk = k``): each sequence is split into chunks of k steps
+``x = [x_{0:k}, x_{k:2k}, …]``; the hidden state is carried from chunk to chunk and
+detached, so no gradient flows back across a chunk boundary; each chunk that carries a loss
+gets its own backward, clipping and optimizer step (manual optimization: Lightning 2 has
+no built-in TBPTT). Read-out ``all`` tasks: chunk loss ``task.loss(ŷ_chunk, y_chunk)``;
+read-out ``last`` tasks: only the last chunk has a loss (one optimizer step per sequence,
+with the gradient truncated to its last k steps).
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ class RecurrentTaskModule(L.LightningModule):
         clip_algorithm: str = "norm",
         nonfinite_policy: str = "skip",
         nonfinite_max_consecutive: int = 10,
+        tbptt_chunk: int | None = None,
         hparams: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -61,24 +70,58 @@ class RecurrentTaskModule(L.LightningModule):
         self.clip_algorithm = clip_algorithm
         self.nonfinite_policy = nonfinite_policy
         self.nonfinite_max_consecutive = nonfinite_max_consecutive
+        self.tbptt_chunk = tbptt_chunk
+        self.automatic_optimization = tbptt_chunk is None
         # Plain python values only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters(hparams or {}, logger=False)
         self.probe: GradientFlowProbe | None = None
-        self.pre_clip_norm: torch.Tensor | None = None
-        self.post_clip_norm: torch.Tensor | None = None
-        self.clipped: torch.Tensor | None = None
-        self.clip_step = 0
+        # tensor([pre-clip norm, post-clip norm, clipped]) per optimizer step, left on the
+        # device for ClipMonitor to drain at the end of the batch.
+        self.clip_records: list[torch.Tensor] = []
         self.nonfinite_events = 0
         self.nonfinite_consecutive = 0
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model(inputs)
 
-    def training_step(self, batch: TaskBatch, batch_idx: int) -> torch.Tensor:
+    @property
+    def steps_per_batch(self) -> int:
+        """Optimizer steps one batch takes (chunks with a loss under truncated BPTT, else 1)."""
+        if self.tbptt_chunk is None or self.task.readout == "last":
+            return 1
+        return math.ceil(self.task.total_len / self.tbptt_chunk)
+
+    def training_step(self, batch: TaskBatch, batch_idx: int) -> torch.Tensor | None:
+        if self.tbptt_chunk is not None:
+            return self._truncated_bptt_step(batch)
         layer_call = self.probe.layer_call if self.probe is not None else None
         loss = self.task.loss(self.model(batch.inputs, layer_call=layer_call), batch.targets)
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def _truncated_bptt_step(self, batch: TaskBatch) -> None:
+        optimizer = self.optimizers()
+        layer_call = self.probe.layer_call if self.probe is not None else None
+        chunks = batch.inputs.split(self.tbptt_chunk, dim=1)
+        states = None
+        outputs = []
+        for index, chunk in enumerate(chunks):
+            output, states = self.model(chunk, layer_call=layer_call, states=states, return_states=True)
+            states = [_detached(state) for state in states]
+            outputs.append(output.detach())
+            if self.task.readout == "last" and index < len(chunks) - 1:
+                continue
+            if self.task.readout == "last":
+                loss = self.task.loss(output, batch.targets)
+            else:
+                start = index * self.tbptt_chunk
+                loss = self.task.loss(output, batch.targets[:, start : start + chunk.size(1)])
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            self.configure_gradient_clipping(optimizer)
+            optimizer.step()
+        full = outputs[-1] if self.task.readout == "last" else torch.cat(outputs, dim=1)
+        self.log("train/loss", self.task.loss(full, batch.targets), prog_bar=True)
 
     def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
         outputs = self.model(batch.inputs)
@@ -103,34 +146,31 @@ class RecurrentTaskModule(L.LightningModule):
         if not params:
             return
         grads = [p.grad for p in params]
-        self.clip_step = self.global_step
         if self.clip_max_norm is None:
-            self.pre_clip_norm = nn.utils.get_total_norm(grads)
-            self.post_clip_norm = self.pre_clip_norm
-            self.clipped = torch.zeros((), device=self.pre_clip_norm.device)
+            pre = post = nn.utils.get_total_norm(grads)
+            clipped = torch.zeros_like(pre)
         elif self.clip_algorithm == "norm":
-            self.pre_clip_norm = nn.utils.clip_grad_norm_(params, self.clip_max_norm)
-            self.clipped = (self.pre_clip_norm > self.clip_max_norm).float()
-            self.post_clip_norm = self.pre_clip_norm.clamp(max=self.clip_max_norm)
+            pre = nn.utils.clip_grad_norm_(params, self.clip_max_norm)
+            clipped = (pre > self.clip_max_norm).to(pre.dtype)
+            post = pre.clamp(max=self.clip_max_norm)
         else:
-            self.pre_clip_norm = nn.utils.get_total_norm(grads)
+            pre = nn.utils.get_total_norm(grads)
             largest = torch.stack([g.detach().abs().amax() for g in grads]).amax()
-            self.clipped = (largest > self.clip_max_norm).float()
+            clipped = (largest > self.clip_max_norm).to(pre.dtype)
             nn.utils.clip_grad_value_(params, self.clip_max_norm)
-            self.post_clip_norm = nn.utils.get_total_norm(grads)
-        self._apply_nonfinite_policy(params)
+            post = nn.utils.get_total_norm(grads)
+        self.clip_records.append(torch.stack([pre, post, clipped]).detach())
+        self._apply_nonfinite_policy(params, pre)
 
-    def _apply_nonfinite_policy(self, params: list[nn.Parameter]) -> None:
-        norm = float(self.pre_clip_norm)  # the one host sync per step (see module docstring)
+    def _apply_nonfinite_policy(self, params: list[nn.Parameter], pre_clip_norm: torch.Tensor) -> None:
+        norm = float(pre_clip_norm)  # the one host sync per step (see module docstring)
         if math.isfinite(norm):
             self.nonfinite_consecutive = 0
-            self.log("nonfinite/events", float(self.nonfinite_events))
             return
         for param in params:  # the optimizer skips parameters without a gradient
             param.grad = None
         self.nonfinite_events += 1
         self.nonfinite_consecutive += 1
-        self.log("nonfinite/events", float(self.nonfinite_events))
         message = (
             f"non-finite loss or gradient at step {self.global_step} "
             f"({self.nonfinite_consecutive} in a row, {self.nonfinite_events} in all)"
@@ -149,6 +189,9 @@ class RecurrentTaskModule(L.LightningModule):
         else:
             log.warning("%s: step skipped (nonfinite.policy=skip)", message)
 
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.log("nonfinite/events", float(self.nonfinite_events))
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rnnflow"] = {
             "nonfinite_events": self.nonfinite_events,
@@ -159,3 +202,8 @@ class RecurrentTaskModule(L.LightningModule):
         state = checkpoint.get("rnnflow", {})
         self.nonfinite_events = int(state.get("nonfinite_events", 0))
         self.nonfinite_consecutive = int(state.get("nonfinite_consecutive", 0))
+
+
+def _detached(state: Any) -> Any:
+    """A layer's final state cut from the graph (a tensor, or the LSTM's ``(h, c)``)."""
+    return tuple(part.detach() for part in state) if isinstance(state, tuple) else state.detach()

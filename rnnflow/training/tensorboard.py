@@ -1,4 +1,4 @@
-"""Finding the TensorBoard writer of a run (rank 0 only)."""
+"""The TensorBoard writer of a run (rank 0 only) and the x-axis step rnnflow writes at."""
 
 from __future__ import annotations
 
@@ -15,3 +15,13 @@ def tensorboard_writer(trainer: L.Trainer) -> SummaryWriter | None:
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
+
+
+def batch_step(trainer: L.Trainer) -> int:
+    """Index of the current training batch: the x-axis of every rnnflow tag.
+
+    It is the step Lightning logs ``train/loss`` at. It equals ``trainer.global_step`` at
+    the start of a batch, except under truncated BPTT, where a batch takes one optimizer
+    step per chunk and ``global_step`` (what ``trainer.max_steps`` counts) runs ahead.
+    """
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
