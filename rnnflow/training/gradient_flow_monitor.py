@@ -2,7 +2,8 @@
 
 On probe steps (step 0, every ``every_n_steps``, and the last batch; see
 :class:`rnnflow.training.schedule.StepSchedule`) the module runs its layers through
-:class:`rnnflow.diagnostics.gradient_flow.GradientFlowProbe`; after backward this callback turns the profiles ``n_t = ‖∂L/∂h_t‖_F`` into, per layer L:
+:class:`rnnflow.diagnostics.gradient_flow.GradientFlowProbe`; after backward this callback
+turns the profiles ``n_t = ‖∂L/∂h_t‖_F`` into, per layer L:
 
 * ``grad_flow/L/log10_ratio``, ``grad_flow/L/decay_rate``, ``grad_flow/L/horizon``
   (see :mod:`rnnflow.diagnostics.profile_stats`),
