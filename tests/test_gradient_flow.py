@@ -39,10 +39,14 @@ def _run(net: RecurrentNet, inputs: torch.Tensor, layer_call) -> tuple[torch.Ten
     return outputs.detach(), [p.grad.clone() for p in net.parameters()]
 
 
+ROUTES = ["extra_input", "adjoint"]
+
+
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("cell,nonlinearity", CELLS)
 @pytest.mark.parametrize("layers", [1, 2, 3])
 @pytest.mark.parametrize("readout", ["last", "all"])
-def test_total_hidden_gradient_matches_unrolled_reference(cell, nonlinearity, layers, readout):
+def test_total_hidden_gradient_matches_unrolled_reference(route, cell, nonlinearity, layers, readout):
     net = _net(cell, nonlinearity, layers, readout)
     inputs = torch.randn(4, 13, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     reference = UnrolledReference()
@@ -50,7 +54,7 @@ def test_total_hidden_gradient_matches_unrolled_reference(cell, nonlinearity, la
     records = {}
 
     def probed(index, layer, x, state):
-        hidden, final, records[index] = probed_layer_call(layer, x, state)
+        hidden, final, records[index] = probed_layer_call(layer, x, state, route)
         return hidden, final
 
     _run(net, inputs, probed)
@@ -65,21 +69,23 @@ def test_total_hidden_gradient_matches_unrolled_reference(cell, nonlinearity, la
             assert dc is None
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("cell,nonlinearity", CELLS)
-def test_residual_and_layer_norm_paths_are_included(cell, nonlinearity):
+def test_residual_and_layer_norm_paths_are_included(route, cell, nonlinearity):
     net = _net(cell, nonlinearity, 3, "all", residual=True, layer_norm=True)
     inputs = torch.randn(3, 9, 3, dtype=torch.float64)
     reference = UnrolledReference()
     _run(net, inputs, reference.layer_call)
-    probe = GradientFlowProbe()
+    probe = GradientFlowProbe(route=route)
     _run(net, inputs, probe.layer_call)
     for index, flow in enumerate(probe.gradient_flow()):
         expected = reference.hidden_grads(index).square().sum(dim=(1, 2)).sqrt()
         torch.testing.assert_close(flow.hidden, expected, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("cell,nonlinearity", CELLS)
-def test_second_chunk_from_a_carried_state(cell, nonlinearity):
+def test_second_chunk_from_a_carried_state(route, cell, nonlinearity):
     """Truncated BPTT: a chunk that starts from the previous chunk's (detached) final state."""
     net = _net(cell, nonlinearity, 2, "all")
     inputs = torch.randn(3, 16, 3, dtype=torch.float64)
@@ -88,7 +94,7 @@ def test_second_chunk_from_a_carried_state(cell, nonlinearity):
     states = [tuple(s.detach() for s in st) if isinstance(st, tuple) else st.detach() for st in states]
     reference = UnrolledReference()
     _loss(net(second, layer_call=reference.layer_call, states=states)).backward()
-    probe = GradientFlowProbe()
+    probe = GradientFlowProbe(route=route)
     _loss(net(second, layer_call=probe.layer_call, states=states)).backward()
     for index, flow in enumerate(probe.gradient_flow()):
         expected = reference.hidden_grads(index).square().sum(dim=(1, 2)).sqrt()
@@ -98,35 +104,38 @@ def test_second_chunk_from_a_carried_state(cell, nonlinearity):
             torch.testing.assert_close(flow.cell, expected_cell, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("layer_type", [nn.RNN, nn.LSTM, nn.GRU])
-def test_time_major_layers(layer_type):
+def test_time_major_layers(route, layer_type):
     """``batch_first=False``: (T, B, I) in, (T, B, H) out."""
     torch.manual_seed(3)
     layer = layer_type(3, 5, batch_first=False).double()
     inputs = torch.randn(11, 4, 3, dtype=torch.float64)
     reference = UnrolledReference()
     _loss(reference.layer_call(0, layer, inputs)[0]).backward()
-    hidden, _, record = probed_layer_call(layer, inputs)
+    hidden, _, record = probed_layer_call(layer, inputs, route=route)
     _loss(hidden).backward()
     dh, _ = total_hidden_gradients(record)
     torch.testing.assert_close(dh, reference.hidden_grads(0), rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("cell,nonlinearity", CELLS)
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_probing_does_not_change_outputs_or_parameter_gradients(cell, nonlinearity, dtype, tolerance):
+def test_probing_does_not_change_outputs_or_parameter_gradients(route, cell, nonlinearity, dtype, tolerance):
     net = _net(cell, nonlinearity, 2, "last").to(dtype)
     inputs = torch.randn(8, 30, 3, dtype=dtype)
     plain_out, plain_grads = _run(net, inputs, None)
-    probe = GradientFlowProbe()
+    probe = GradientFlowProbe(route=route)
     probed_out, probed_grads = _run(net, inputs, probe.layer_call)
     torch.testing.assert_close(probed_out, plain_out, rtol=tolerance, atol=tolerance)
     for plain, probed in zip(plain_grads, probed_grads, strict=True):
         torch.testing.assert_close(probed, plain, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("rho", [0.9, 1.0, 1.1])
-def test_linear_recurrence_closed_form(rho):
+def test_linear_recurrence_closed_form(route, rho):
     """ReLU RNN kept in its linear regime: W = ρ·P (P a cyclic permutation), inputs and bias > 0.
 
     Then h_t = ρ P h_{t-1} + (W_ih x_t + b) with every pre-activation positive, so
@@ -140,7 +149,7 @@ def test_linear_recurrence_closed_form(rho):
         layer.bias_ih_l0.fill_(0.5)
         layer.bias_hh_l0.zero_()
     inputs = torch.rand(4, steps, 2, dtype=torch.float64)
-    hidden_states, _, record = probed_layer_call(layer, inputs)
+    hidden_states, _, record = probed_layer_call(layer, inputs, route=route)
     assert bool((hidden_states > 0).all())
     hidden_states[:, -1].sum().backward()
     dh, _ = total_hidden_gradients(record)
@@ -153,13 +162,14 @@ def test_linear_recurrence_closed_form(rho):
     assert ratio == pytest.approx({0.9: 2.6561e-5, 1.0: 1.0, 1.1: 1.3781e4}[rho], rel=1e-4)
 
 
-def test_loss_scale_is_divided_out():
+@pytest.mark.parametrize("route", ROUTES)
+def test_loss_scale_is_divided_out(route):
     layer = nn.LSTM(3, 4, batch_first=True).double()
     inputs = torch.randn(2, 6, 3, dtype=torch.float64)
-    hidden, _, record = probed_layer_call(layer, inputs)
+    hidden, _, record = probed_layer_call(layer, inputs, route=route)
     (1024.0 * hidden.sum()).backward()
     scaled, scaled_cell = total_hidden_gradients(record, grad_scale=1024.0)
-    hidden, _, record = probed_layer_call(layer, inputs)
+    hidden, _, record = probed_layer_call(layer, inputs, route=route)
     hidden.sum().backward()
     plain, plain_cell = total_hidden_gradients(record)
     torch.testing.assert_close(scaled, plain)

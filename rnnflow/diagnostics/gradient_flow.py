@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from rnnflow.diagnostics.adjoint import AdjointRecord, adjoint_call, supports_adjoint
 from rnnflow.models.fused import FusedSpec, State, fused_spec, initial_state, run_fused
 
 
@@ -86,20 +87,45 @@ def _extra_block(spec: FusedSpec) -> torch.Tensor:
     )
 
 
+PROBE_ROUTES = ("auto", "extra_input", "adjoint")
+
+
+def choose_route(spec: FusedSpec, device: torch.device, route: str = "auto") -> str:
+    """``auto``: the adjoint backward on the CPU where it applies, the extra input elsewhere.
+
+    On a GPU the fused (cuDNN) backward is one kernel and the extra input one parallel GEMM,
+    while a Python loop over steps would be launch-bound; on the CPU the extra GEMMs cost as
+    much as the recurrence, and the adjoint loop computes ∂L/∂h_t as part of the backward.
+    """
+    if route == "extra_input" or not supports_adjoint(spec):
+        return "extra_input"
+    if route == "adjoint" or device.type == "cpu":
+        return "adjoint"
+    return "extra_input"
+
+
 def probed_layer_call(
-    layer: nn.Module, inputs: torch.Tensor, state: State | None = None
-) -> tuple[torch.Tensor, State, ProbedLayer]:
-    """Run ``layer`` like ``layer(inputs, state)``, keeping what the probe needs: ``(h, final, record)``."""
+    layer: nn.Module, inputs: torch.Tensor, state: State | None = None, route: str = "extra_input"
+) -> tuple[torch.Tensor, State, ProbedLayer | AdjointRecord]:
+    """Run ``layer`` like ``layer(inputs, state)``, keeping what the probe needs: ``(h, final, record)``.
+
+    ``route``: ``extra_input`` (fused forward and backward, zero extra input; any cell),
+    ``adjoint`` (fused forward, hand-written backward; rnn and lstm), or ``auto``.
+    """
     spec = fused_spec(layer)
-    block = _extra_block(spec)
-    extra = inputs.new_zeros(*inputs.shape[:-1], block.size(1), requires_grad=True)
     start = initial_state(spec, inputs) if state is None else state
-    raw, final = run_fused(spec, inputs, extra, block, state=start, raw_output=True)
-    if raw.requires_grad:
-        raw.retain_grad()
+    if choose_route(spec, inputs.device, route) == "adjoint":
+        raw, final, record = adjoint_call(spec, inputs, start)
+    else:
+        block = _extra_block(spec)
+        extra = inputs.new_zeros(*inputs.shape[:-1], block.size(1), requires_grad=True)
+        raw, final = run_fused(spec, inputs, extra, block, state=start, raw_output=True)
+        if raw.requires_grad:
+            raw.retain_grad()
+        start_hidden = start[0] if isinstance(start, tuple) else start
+        record = ProbedLayer(spec, inputs.detach(), start_hidden.detach(), raw, extra)
     hidden = raw if spec.out_scale == 1.0 and spec.out_shift == 0.0 else raw * spec.out_scale + spec.out_shift
-    start_hidden = start[0] if isinstance(start, tuple) else start
-    return hidden, final, ProbedLayer(spec, inputs.detach(), start_hidden.detach(), raw, extra)
+    return hidden, final, record
 
 
 def _time_major(tensor: torch.Tensor, batch_first: bool) -> torch.Tensor:
@@ -156,13 +182,16 @@ def _lstm_cell_grad(
 
 
 def total_hidden_gradients(
-    record: ProbedLayer, grad_scale: float = 1.0
+    record: ProbedLayer | AdjointRecord, grad_scale: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """After backward: ``(∂L/∂h, ∂L/∂c or None)``, time-major ``(T, B, H)``, float32 or wider.
 
     ``grad_scale`` divides out a loss scale (mixed precision's GradScaler).
     """
     spec = record.spec
+    if isinstance(record, AdjointRecord):
+        du, dc = record.gradients()
+        return du / (spec.out_scale * grad_scale), (None if dc is None else dc / grad_scale)
     hidden = spec.hidden_size
     # At least float32 (half-precision runs), float64 stays float64 (tests).
     dtype = torch.promote_types(record.raw_output.dtype, torch.float32)
@@ -215,13 +244,14 @@ class GradientFlowProbe:
     the chunks of one layer are then concatenated along time by :meth:`gradient_flow`.
     """
 
-    records: list[tuple[int, ProbedLayer]] = field(default_factory=list)
+    route: str = "auto"
+    records: list[tuple[int, ProbedLayer | AdjointRecord]] = field(default_factory=list)
     collected: dict[int, list[LayerGradientFlow]] = field(default_factory=dict)
 
     def layer_call(
         self, index: int, layer: nn.Module, inputs: torch.Tensor, state: State | None = None
     ) -> tuple[torch.Tensor, State]:
-        hidden, final, record = probed_layer_call(layer, inputs, state)
+        hidden, final, record = probed_layer_call(layer, inputs, state, self.route)
         self.records.append((index, record))
         return hidden, final
 
