@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rnnflow.diagnostics.gradient_flow import PROBE_ROUTES
 from rnnflow.models import BIAS_SCHEMES, INPUT_SCHEMES, NONLINEARITIES, RECURRENT_SCHEMES
 from rnnflow.tasks import TASKS
 
@@ -118,6 +119,7 @@ def _check_training(c: _Checker) -> None:
     c.integer("diagnostics.figure_every_n_steps", 1, optional=True)
     c.positive("diagnostics.horizon_factor")
     c.rule(_get(c.cfg, "diagnostics.horizon_factor") < 1, "diagnostics.horizon_factor", "a number in (0, 1)")
+    c.choice("diagnostics.probe_route", PROBE_ROUTES)
     c.integer("tbptt.chunk", 1, optional=True)
     c.choice("nonfinite.policy", NONFINITE_POLICIES)
     c.integer("nonfinite.max_consecutive", 1)

@@ -41,14 +41,15 @@ def profile_figure(
         colour = colours[index % len(colours)]
         label = labels[index] if labels else f"layer{index}"
         steps = np.arange(len(profile))
-        axes.plot(steps, _log10(profile), color=colour, lw=1.6, label=label)
+        # Thick and translucent, so that a reference line lying exactly on it stays visible.
+        axes.plot(steps, _log10(profile), color=colour, lw=3.5, alpha=0.45, label=label)
         for style, (name, lines) in zip(("--", ":"), (reference_lines or {}).items(), strict=False):
             line = lines[index] if index < len(lines) else None
             if line is None or not all(np.isfinite(v) and v > 0 for v in line):
                 continue
             rate, end = line
             predicted = _log10(end) + (len(profile) - 1 - steps) * np.log10(rate)
-            axes.plot(steps, predicted, style, color=colour, lw=1, label=f"{label}: {name} = {rate:.3g}")
+            axes.plot(steps, predicted, style, color=colour, lw=1.3, label=f"{label}: {name} = {rate:.3g}")
     axes.set_xlabel("time step t")
     axes.set_ylabel(r"$\log_{10}\,\|\partial L/\partial h_t\|$")
     axes.set_title(title, fontsize=10)

@@ -46,11 +46,13 @@ class GradientFlowMonitor(L.Callback):
         every_n_steps: int | None = 100,
         figure_every_n_steps: int | None = 1000,
         horizon_factor: float = 1e-3,
+        probe_route: str = "auto",
     ) -> None:
         self.every_n_steps = every_n_steps
         self.schedule = StepSchedule(every_n_steps)
         self.figure_every_n_steps = figure_every_n_steps
         self.horizon_factor = horizon_factor
+        self.probe_route = probe_route
         self.heatmap_steps: list[int] = []
         self.heatmap_rows: list[list[np.ndarray]] = []
         self._figures_drawn = 0
@@ -68,7 +70,8 @@ class GradientFlowMonitor(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         self._probe_step = batch_step(trainer)
-        pl_module.probe = GradientFlowProbe() if self.schedule.due(trainer, pl_module) else None
+        due = self.schedule.due(trainer, pl_module)
+        pl_module.probe = GradientFlowProbe(route=self.probe_route) if due else None
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Once per backward (several per batch under truncated BPTT).
