@@ -82,8 +82,13 @@ def build_datamodule(cfg: DictConfig, task: SyntheticTask) -> SyntheticDataModul
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> L.Trainer:
+    """The Trainer of ``cfg.trainer`` with ``cfg.logger`` and ``cfg.callbacks``.
+
+    ``extra_callbacks`` run first (Lightning calls callbacks in list order), so that e.g.
+    :class:`rnnflow.training.resume.ContinuousResumeStep` fixes the step before others read it.
+    """
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     return hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks + list(extra_callbacks or []), logger=loggers or False
+        cfg.trainer, callbacks=list(extra_callbacks or []) + callbacks, logger=loggers or False
     )

@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from rnnflow.config import validate_config
 from rnnflow.training.build import build_datamodule, build_module, build_task_from_config, build_trainer
+from rnnflow.training.resume import ContinuousResumeStep
 from rnnflow.training.run_end import HParamsSummary, ValidateAtEnd
 
 
@@ -25,6 +26,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     task = build_task_from_config(cfg)
     module = build_module(cfg, task)
     datamodule = build_datamodule(cfg, task)
-    trainer = build_trainer(cfg, extra_callbacks=[ValidateAtEnd(), HParamsSummary(module.hparams)])
+    trainer = build_trainer(
+        cfg, extra_callbacks=[ContinuousResumeStep(), ValidateAtEnd(), HParamsSummary(module.hparams)]
+    )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     return {name: float(value) for name, value in trainer.callback_metrics.items()}
