@@ -97,7 +97,8 @@ def choose_route(spec: FusedSpec, device: torch.device, route: str = "auto") -> 
     while a Python loop over steps would be launch-bound; on the CPU the extra GEMMs cost as
     much as the recurrence, and the adjoint loop computes ∂L/∂h_t as part of the backward.
     """
-    if route == "extra_input" or not supports_adjoint(spec):
+    if route == "extra_input" or not supports_adjoint(spec) or torch.is_autocast_enabled(device.type):
+        # The hand-written backward works in the weights' dtype; mixed precision keeps the fused one.
         return "extra_input"
     if route == "adjoint" or device.type == "cpu":
         return "adjoint"
