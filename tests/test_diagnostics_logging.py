@@ -7,31 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from tbparse import SummaryReader
+from conftest import TINY, compose_config, read_scalars
 
 from rnnflow.training.run import train
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
-TINY = [
-    "model.hidden_size=8",
-    "task.seq_len=12",
-    "task.batch_size=8",
-    "task.val_batches=1",
-    "trainer.log_every_n_steps=1",
-]
-
 
 def run(tmp_path: Path, *overrides: str) -> tuple[dict[str, float], Path]:
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=[*TINY, f"paths.output_dir={tmp_path}", *overrides])
-    metrics = train(cfg)
-    return metrics, tmp_path
+    return train(compose_config(*TINY, *overrides, output_dir=tmp_path)), tmp_path
 
 
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    frame = SummaryReader(str(run_dir / "tb")).scalars
-    return {tag: list(zip(g.step, g.value, strict=True)) for tag, g in frame.groupby("tag")}
+scalars = read_scalars
 
 
 @pytest.mark.parametrize("model,gates", [("rnn", None), ("lstm", "ifgo"), ("gru", "rzn")])
@@ -63,16 +48,13 @@ def test_tags_of_the_contract(tmp_path, model, gates):
 
 def test_logged_profile_is_the_probe_of_that_step(tmp_path):
     """The norm_t tags of step 0 equal a probe of the initial model on batch 0 (independent run)."""
-    from hydra import compose as compose_again
+    import lightning as L
 
     from rnnflow.diagnostics.gradient_flow import GradientFlowProbe
     from rnnflow.training.build import build_datamodule, build_module, build_task_from_config
 
     _, out = run(tmp_path, "model=gru", "trainer.max_steps=1", "diagnostics.every_n_steps=1")
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose_again("train", overrides=[*TINY, "model=gru", f"paths.output_dir={tmp_path}"])
-    import lightning as L
-
+    cfg = compose_config(*TINY, "model=gru", output_dir=tmp_path)
     L.seed_everything(cfg.seed, verbose=False)
     task = build_task_from_config(cfg)
     module = build_module(cfg, task)

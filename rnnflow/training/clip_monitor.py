@@ -2,7 +2,8 @@
 
 Per optimizer step s the module leaves on the device ``‖g‖`` before and after clipping
 and ``clipped_s ∈ {0, 1}`` (``RecurrentTaskModule.clip_records``). They are buffered on
-the device and written to TensorBoard in one transfer every ``flush_every_n_steps`` (and at the end), one point per step:
+the device and written to TensorBoard in one transfer every ``flush_every_n_steps`` (and
+at the end), one point per step:
 
 * ``clip/pre_norm``, ``clip/post_norm``: ``‖g‖₂`` over all parameters before/after clipping;
 * ``clip/clipped``: 1 if clipping changed the gradient at that step;
