@@ -123,14 +123,25 @@ class RecurrentTaskModule(L.LightningModule):
         full = outputs[-1] if self.task.readout == "last" else torch.cat(outputs, dim=1)
         self.log("train/loss", self.task.loss(full, batch.targets), prog_bar=True)
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums: dict[str, float] = {}
+        self._val_batches = 0
+
     def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
         outputs = self.model(batch.inputs)
-        self.log("val/loss", self.task.loss(outputs, batch.targets), prog_bar=True)
-        for name, value in self.task.metrics(outputs, batch.targets).items():
-            self.log(f"val/{name}", value, prog_bar=name == "accuracy")
+        values = {"loss": self.task.loss(outputs, batch.targets), **self.task.metrics(outputs, batch.targets)}
+        for name, value in values.items():
+            self.log(f"val/{name}", value, prog_bar=name in ("loss", "accuracy"))
+            self._val_sums[name] = self._val_sums.get(name, 0.0) + float(value)
+        self._val_batches += 1
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/baseline_loss", self.task.baseline_loss())
+        solved = getattr(self.task, "solved", None)
+        if solved is not None and self._val_batches:
+            means = {name: total / self._val_batches for name, total in self._val_sums.items()}
+            loss = means.pop("loss")
+            self.log("val/solved", float(solved(loss, means)))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())
