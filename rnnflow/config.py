@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rnnflow.diagnostics.gradient_flow import PROBE_ROUTES
 from rnnflow.models import BIAS_SCHEMES, INPUT_SCHEMES, NONLINEARITIES, RECURRENT_SCHEMES
-from rnnflow.tasks import TASKS
+from rnnflow.tasks import TASKS, build_task
 
 CELL_NAMES = ("rnn", "lstm", "gru")
 CLIP_ALGORITHMS = ("norm", "value")
@@ -104,8 +104,16 @@ def _check_task(c: _Checker) -> None:
     c.integer("task.seq_len", 1)
     c.integer("task.batch_size", 1)
     c.integer("task.val_batches", 1)
-    if _get(c.cfg, "task.name") == "adding":
-        c.integer("task.seq_len", 2)
+    params = OmegaConf.to_container(c.cfg.task, resolve=True)
+    name = params.pop("name")
+    for key in ("batch_size", "val_batches"):
+        params.pop(key, None)
+    try:  # the task checks its own parameters and their consistency, naming the key
+        build_task(name, **params)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    except TypeError as error:  # an unknown task key
+        raise ConfigError(f"task.{name}: {error}") from None
 
 
 def _check_training(c: _Checker) -> None:

@@ -5,12 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 from rnnflow.tasks.adding import AddingTask
-from rnnflow.tasks.base import SyntheticTask, TaskBatch
+from rnnflow.tasks.base import ClassificationAtEnd, SyntheticTask, TaskBatch
 from rnnflow.tasks.copy import CopyTask
+from rnnflow.tasks.multiplication import MultiplicationTask
+from rnnflow.tasks.parity import ParityTask
+from rnnflow.tasks.permutation import PermutationTask
+from rnnflow.tasks.selective_copy import SelectiveCopyTask
+from rnnflow.tasks.temporal_order import TemporalOrderTask
 
 TASKS: dict[str, type[SyntheticTask]] = {
-    "adding": AddingTask,
-    "copy": CopyTask,
+    task.name: task
+    for task in (
+        AddingTask,
+        CopyTask,
+        MultiplicationTask,
+        TemporalOrderTask,
+        PermutationTask,
+        SelectiveCopyTask,
+        ParityTask,
+    )
 }
 
 
@@ -21,4 +34,17 @@ def build_task(name: str, **params: Any) -> SyntheticTask:
     return TASKS[name](**params)
 
 
-__all__ = ["TASKS", "AddingTask", "CopyTask", "SyntheticTask", "TaskBatch", "build_task"]
+__all__ = [
+    "TASKS",
+    "AddingTask",
+    "ClassificationAtEnd",
+    "CopyTask",
+    "MultiplicationTask",
+    "ParityTask",
+    "PermutationTask",
+    "SelectiveCopyTask",
+    "SyntheticTask",
+    "TaskBatch",
+    "TemporalOrderTask",
+    "build_task",
+]

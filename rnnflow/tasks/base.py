@@ -17,6 +17,7 @@ means the gradient never carried the dependency back.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Literal
@@ -78,3 +79,48 @@ class SyntheticTask(ABC):
     def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extra validation metrics (e.g. ``accuracy``); empty by default."""
         return {}
+
+    @abstractmethod
+    def solved(self, val_loss: float, metrics: dict[str, float]) -> bool:
+        """The task's success criterion on the validation set (logged as ``val/solved``)."""
+
+
+class ClassificationAtEnd(SyntheticTask):
+    """A task with one class label per sequence, read out at the last step.
+
+    Loss: cross-entropy; baseline ``ln C`` (uniform guess over C equiprobable classes);
+    metric ``accuracy``; solved when ``accuracy ≥ 0.99`` (error below 1%, the criterion
+    of Hochreiter & Schmidhuber 1997 and Pascanu et al. 2013 for their classification tasks).
+    Shapes: output ``(B, C)``, targets ``(B,)`` long.
+    """
+
+    readout = "last"
+    has_accuracy = True
+    num_classes: int
+
+    @property
+    def output_size(self) -> int:  # type: ignore[override]
+        return self.num_classes
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(outputs, targets)
+
+    def baseline_loss(self) -> float:
+        return math.log(self.num_classes)
+
+    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"accuracy": (outputs.argmax(dim=-1) == targets).float().mean()}
+
+    def solved(self, val_loss: float, metrics: dict[str, float]) -> bool:
+        return metrics.get("accuracy", 0.0) >= 0.99
+
+
+def uniform_int(
+    low: int | torch.Tensor,
+    high: int | torch.Tensor,
+    size: int,
+    generator: torch.Generator,
+    device: torch.device,
+) -> torch.Tensor:
+    """``size`` integers uniform in ``[low, high)``; ``low``/``high`` may be per-row tensors."""
+    return low + (torch.rand(size, generator=generator, device=device) * (high - low)).long()

@@ -12,7 +12,8 @@ Loss: cross-entropy over all ``T + 20`` steps. Trivial baseline: a memoryless pr
 outputs blank for the first ``T + 10`` steps (loss 0) and the uniform distribution over
 the 8 symbols for the last 10, giving ``10 · ln 8 / (T + 20)``.
 
-Metric ``accuracy``: the fraction of the 10 recalled symbols predicted correctly.
+Metric ``accuracy``: the fraction of the 10 recalled symbols predicted correctly; solved when
+``accuracy ≥ 0.99``.
 
 Shapes: inputs ``(B, T + 20)`` long, targets ``(B, T + 20)`` long, output ``(B, T + 20, 10)``.
 """
@@ -62,3 +63,6 @@ class CopyTask(SyntheticTask):
     def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         recalled = outputs[:, -N_RECALL:].argmax(dim=-1)
         return {"accuracy": (recalled == targets[:, -N_RECALL:]).float().mean()}
+
+    def solved(self, val_loss: float, metrics: dict[str, float]) -> bool:
+        return metrics.get("accuracy", 0.0) >= 0.99
