@@ -357,8 +357,9 @@ def main() -> None:
     )
     for length, row in lengths.items():
         print(
-            f"  T={length:>5s}: {row['step_ms']:.0f} ms, time/T vs ref {row['time_per_step_vs_reference']:.3f}, "
-            f"saved {row['saved_mb']:.1f} MB, memory/T vs ref {row['memory_per_step_vs_reference']:.3f}"
+            f"  T={length:>5s}: {row['step_ms']:.0f} ms, time/T vs ref "
+            f"{row['time_per_step_vs_reference']:.3f}, saved {row['saved_mb']:.1f} MB, "
+            f"memory/T vs ref {row['memory_per_step_vs_reference']:.3f}"
         )
     print(
         f"  denormal: vanishing/healthy {denormal['slowdown']:.2f}x with flush-to-zero, "
