@@ -8,4 +8,8 @@ Subpackages:
     report       reading event files back into tables and figures
 """
 
+from rnnflow.resolvers import register_resolvers
+
 __version__ = "0.1.0"
+
+register_resolvers()  # the configs' ${short_dirname:...} (sweep job directories)

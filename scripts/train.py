@@ -8,26 +8,46 @@ Examples::
     python scripts/train.py ckpt_path=logs/runs/<run>/checkpoints/last.ckpt trainer.max_steps=4000
 
 Returns the value of ``optimized_metric`` (default ``val/loss``) so Hydra sweepers can use it.
+A bad config value exits with status 2 and one line naming the key. In a sweep, a failing job
+is recorded in its ``failure.txt`` and the sweep goes on (see :mod:`rnnflow.training.sweep`).
 """
 
 from __future__ import annotations
 
+import math
 import sys
+import traceback
+from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from rnnflow.config import ConfigError
 from rnnflow.training.run import train
+from rnnflow.training.sweep import record_failure
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    job_number = hydra_cfg.job.num if multirun else None
     try:
-        metrics = train(cfg)
+        metrics = train(cfg, multirun=multirun, job_number=job_number)
     except ConfigError as error:
-        print(f"rnnflow: invalid config: {error}", file=sys.stderr)
-        sys.exit(2)
+        message = f"rnnflow: invalid config: {error}"
+        if not multirun:
+            print(message, file=sys.stderr)
+            sys.exit(2)
+        record_failure(Path(hydra_cfg.runtime.output_dir), message)
+        return math.nan
+    except Exception:
+        if not multirun:
+            raise
+        record_failure(Path(hydra_cfg.runtime.output_dir), traceback.format_exc())
+        return math.nan
     return metrics.get(cfg.get("optimized_metric", "val/loss"))
 
 

@@ -1,0 +1,46 @@
+"""Sweeps that survive a failing job, and say at the end which jobs failed and why.
+
+In a sweep (``-m``) a job whose training raises does not stop the others: the job writes
+its traceback to ``<job dir>/failure.txt`` and returns NaN to the sweeper. At the end of the
+sweep :class:`SweepFailureSummary` (a Hydra callback) lists the failed jobs with the last
+line of their error and exits with status 1. A single run still fails loudly.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+FAILURE_FILE = "failure.txt"
+
+
+def record_failure(job_dir: Path, report: str) -> Path:
+    """Write a failed job's traceback (or message) to ``job_dir/failure.txt``."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    path = job_dir / FAILURE_FILE
+    path.write_text(report)
+    return path
+
+
+def failed_jobs(sweep_dir: Path) -> list[tuple[str, str]]:
+    """``(job dir name, last line of its error)`` for every failed job of a sweep."""
+    failures = []
+    for path in sorted(sweep_dir.glob(f"*/{FAILURE_FILE}")):
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        failures.append((path.parent.name, lines[-1] if lines else "(no message)"))
+    return failures
+
+
+class SweepFailureSummary(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        failures = failed_jobs(Path(config.hydra.sweep.dir))
+        if not failures:
+            return
+        print(f"rnnflow: {len(failures)} sweep job(s) failed:", file=sys.stderr)
+        for job, reason in failures:
+            print(f"  {job}: {reason}", file=sys.stderr)
+        raise SystemExit(1)
