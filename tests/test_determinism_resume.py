@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import read_scalars
+from tbparse import SummaryReader
 
 FEW = ["trainer.val_check_interval=4", "diagnostics.every_n_steps=3", "clip.max_norm=0.5"]
 
@@ -37,15 +38,29 @@ def test_data_stream_is_a_function_of_seed_and_index():
     assert not torch.equal(first.inputs, rank1.inputs)
 
 
+def event_file_scalars(path):
+    """``{tag: [(step, value), …]}`` of one event file."""
+    frame = SummaryReader(str(path)).scalars
+    return {tag: list(zip(g.step, g.value, strict=True)) for tag, g in frame.groupby("tag")}
+
+
 @pytest.mark.parametrize("extra", [[], ["tbptt.chunk=5", "task=copy"]], ids=["full", "tbptt"])
 def test_resume_continues_the_uninterrupted_run(train_run, extra):
     _, full = train_run(*FEW, *extra, "trainer.max_steps=8", name="full")
     _, first = train_run(*FEW, *extra, "trainer.max_steps=4", name="first")
     ckpt = first / "checkpoints" / "last.ckpt"
-    _, resumed = train_run(*FEW, *extra, "trainer.max_steps=8", f"ckpt_path={ckpt}", name="resumed")
+    before = set((first / "tb").glob("events.*"))
+    _, elsewhere = train_run(*FEW, *extra, "trainer.max_steps=8", f"ckpt_path={ckpt}", name="resumed")
+    # The resumed run writes a second event file into the run dir of its checkpoint.
+    assert not elsewhere.exists()
+    [new_file] = set((first / "tb").glob("events.*")) - before
+    [old_file] = before
+    first_part, resumed_part = event_file_scalars(old_file), event_file_scalars(new_file)
+    # the resumed run logs from the batch after the first run's last one (x-axis: batches)
+    assert resumed_part["train/loss"][0][0] == first_part["train/loss"][-1][0] + 1
     for tag in ("train/loss", "clip/pre_norm", "clip/events", "grad_flow/layer0/log10_ratio", "val/loss"):
         uninterrupted = values(full, tag)
-        continued = values(first, tag) + values(resumed, tag)
+        continued = first_part[tag] + resumed_part[tag]
         # the first run's final validation (its last step) is repeated by neither run's schedule
         steps = sorted({s for s, _ in continued})
         assert [s for s, _ in uninterrupted if s in steps] == [s for s, _ in uninterrupted]
@@ -53,6 +68,5 @@ def test_resume_continues_the_uninterrupted_run(train_run, extra):
         for step, value in uninterrupted:
             if step in by_step:
                 assert by_step[step] == value, (tag, step)
-    assert [s for s, _ in values(resumed, "train/loss")][0] == [s for s, _ in values(first, "train/loss")][
-        -1
-    ] + 1
+    # the TensorBoard run reads back as one: the uninterrupted run's train/loss, bit for bit
+    assert values(first, "train/loss") == values(full, "train/loss")
