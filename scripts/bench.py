@@ -1,374 +1,314 @@
-"""Benchmark: what rnnflow's training step and its probes cost, measured side by side.
+"""Benchmark: what rnnflow's training step and its gradient-flow probes cost, side by side.
 
-    python scripts/bench.py [--device cpu|cuda] [--repeats 5] [--quick] [--json bench.json]
+    python scripts/bench.py [--device cpu|cuda] [--repeats 5] [--quick] [--json bench.json] [--profile]
 
-Every comparison runs its variants interleaved in one process (A, B, A, B, …) so that drift
-and noise hit both, and reports medians. Figures (ratios; > 1 means slower unless stated):
+Every comparison runs its variants in this one process, interleaved (A B, B A, …, after a
+warm-up), and reports medians, so that drift and other processes hit every variant alike.
+Sizes: CPU LSTM H=128, B=64, T=1000; GPU H=256, B=128, T=1000 (``--quick``: tiny sizes,
+a smoke test, not a measurement). Figures (ratios: > 1 means slower, unless stated):
 
-* ``lightning_vs_raw``: throughput of an rnnflow training step through Lightning (the
-  LightningModule, data module, clipping statistics and non-finite check; diagnostics off)
-  divided by that of a hand-written PyTorch loop with the same model, optimizer and data
-  (goal ≥ 0.97 on CPU, ≥ 1/1.1 on GPU).
-* ``probe_vs_plain``: a probed training step (exact ∂L/∂h_t for every t) over a plain one,
-  LSTM (goal ≤ 1.5 on CPU, ≤ 1.2 on GPU); per cell and route in ``probe``.
-* ``amortized_overhead``: (probed − plain) / (every_n_steps · plain) at the default probe
-  interval (goal ≤ 2%); ``amortized_overhead_measured``: a whole Lightning run with all
-  diagnostics callbacks on over the same run with them off, minus 1.
+* ``lightning_vs_raw``: throughput (batches/s) of a real ``Trainer.fit`` of the rnnflow
+  LightningModule (diagnostics, logger and checkpoints off) over that of a hand-written loop
+  with the same fused module, Adam and batches. Goal ≥ 0.97 (CPU), ≥ 1/1.1 (GPU, cuDNN).
+* ``probe_vs_plain``: a probed training step (exact ∂L/∂h_t at every t: forward, backward,
+  ``probe.gradient_flow()``, optimizer step) over a plain one, LSTM, ``auto`` route. Goal
+  ≤ 1.5 (CPU), ≤ 1.2 (GPU). ``probe`` has every cell and route; ``probe_phases`` the split
+  into forward / backward / gradient_flow / optimizer (``--profile``: torch.profiler's top ops).
+* ``amortized_overhead``: (probe − plain) / (every_n_steps · plain), at the default
+  ``diagnostics.every_n_steps`` of conf/train.yaml. Goal ≤ 2%. ``amortized_overhead_measured``:
+  Lightning runs (smaller model) with every diagnostics callback on over the same runs with
+  them off, over a window holding a whole number of probe intervals.
 * ``length_scaling``: plain step time and saved activation memory per step of T at T = 250,
-  1000, 4000, normalised to T = 1000 (goal: within 10% of 1).
-* ``denormal_slowdown``: a vanishing run (ρ = 0.5) over a healthy one (ρ = 1) with rnnflow's
-  flush-to-zero (goal ≤ 1.1); ``denormal_slowdown_without_flush``: the same without it.
+  1000, 4000, relative to T = 1000. Goal: within 10% of 1.
+* ``denormal_slowdown``: a vanishing model (ρ = 0.5) over a healthy one (ρ = 1), worst of
+  rnn and lstm, with rnnflow's flush-to-zero. Goal ≤ 1.1. ``denormal_slowdown_without_flush``:
+  the same with flush-to-zero off (why it is on).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
-import statistics
+import math
+import subprocess
+import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
-from torch import nn
 
-from rnnflow.diagnostics.gradient_flow import GradientFlowProbe
-from rnnflow.models import RecurrentNet
-from rnnflow.tasks import AddingTask
-from rnnflow.training.build import build_datamodule, build_module, build_task_from_config, build_trainer
+from rnnflow.bench.suite import (
+    BenchSizes,
+    bench_amortized_measured,
+    bench_denormal,
+    bench_lengths,
+    bench_lightning_vs_raw,
+    bench_probe,
+    default_every_n_steps,
+    probe_phases,
+    profile_probed_step,
+    quiet_lightning,
+)
+from rnnflow.bench.timing import load_average
 
 ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("probe", "phases", "lightning", "amortized", "lengths", "denormal")
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved_medians(
-    variants: dict[str, Callable[[], None]], repeats: int, device: torch.device
-) -> dict[str, float]:
-    """Median wall time (s) of each variant, timed A, B, C, A, B, C, … after one warm-up each."""
-    for run in variants.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, run in variants.items():
-            sync(device)
-            start = time.perf_counter()
-            run()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-class Sizes:
-    def __init__(self, device: torch.device, quick: bool) -> None:
-        gpu = device.type == "cuda"
-        self.hidden = 32 if quick else (256 if gpu else 128)
-        self.batch = 16 if quick else (128 if gpu else 64)
-        self.steps = 100 if quick else 1000
-        self.lengths = (50, 100, 200) if quick else (250, 1000, 4000)
-        self.fit_steps = 3 if quick else 5
-        self.small = (
-            dict(hidden=16, steps=40, batch=16, run_steps=20)
-            if quick
-            else dict(hidden=64, steps=200, batch=64, run_steps=200)
+def git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
         )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
 
 
-def adding_batch(steps: int, batch: int, device: torch.device, seed: int = 0):
-    return AddingTask(steps).generate(batch, torch.Generator(device=device).manual_seed(seed), device)
-
-
-def plain_and_probed_step(
-    model: RecurrentNet, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, targets: torch.Tensor
-) -> tuple[Callable[[], None], Callable[[str], Callable[[], None]]]:
-    def plain() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        nn.functional.mse_loss(model(inputs).squeeze(-1), targets).backward()
-        optimizer.step()
-
-    def probed(route: str) -> Callable[[], None]:
-        def run() -> None:
-            probe = GradientFlowProbe(route=route)
-            optimizer.zero_grad(set_to_none=True)
-            nn.functional.mse_loss(model(inputs, layer_call=probe.layer_call).squeeze(-1), targets).backward()
-            probe.gradient_flow()
-            optimizer.step()
-
-        return run
-
-    return plain, probed
-
-
-def bench_probe(sizes: Sizes, device: torch.device, repeats: int) -> dict[str, dict[str, float]]:
-    batch = adding_batch(sizes.steps, sizes.batch, device)
-    results = {}
-    for cell in ("rnn", "lstm", "gru"):
-        torch.manual_seed(0)
-        model = RecurrentNet(cell, 2, sizes.hidden, 1, 1, readout="last").to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-        plain, probed = plain_and_probed_step(model, optimizer, batch.inputs, batch.targets)
-        variants = {"plain": plain, "auto": probed("auto"), "extra_input": probed("extra_input")}
-        if cell != "gru":
-            variants["adjoint"] = probed("adjoint")
-        medians = interleaved_medians(variants, repeats, device)
-        results[cell] = {
-            "plain_ms": 1e3 * medians["plain"],
-            **{f"{name}_vs_plain": medians[name] / medians["plain"] for name in variants if name != "plain"},
-        }
-    return results
-
-
-class StepTimer(L.Callback):
-    """Wall time of every training batch (hook to hook, optimizer step included)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.times = device, []
-
-    def on_train_batch_start(self, *args) -> None:
-        sync(self.device)
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, *args) -> None:
-        sync(self.device)
-        self.times.append(time.perf_counter() - self._start)
-
-
-def compose_run(overrides: list[str], out: Path):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=[f"paths.output_dir={out}", *overrides])
-
-
-def lightning_fit(cfg, extra: list[L.Callback], logger: bool, callbacks: bool):
-    L.seed_everything(cfg.seed, verbose=False)
-    task = build_task_from_config(cfg)
-    module = build_module(cfg, task)
-    data = build_datamodule(cfg, task)
-    if not callbacks:
-        cfg.callbacks = {}
-    if not logger:
-        cfg.logger = {}
-    trainer = build_trainer(cfg, extra_callbacks=extra)
-    trainer.fit(module, datamodule=data)
-
-
-def bench_lightning_vs_raw(sizes: Sizes, device: torch.device, repeats: int, tmp: Path) -> dict[str, float]:
-    accelerator = "gpu" if device.type == "cuda" else "cpu"
-    overrides = [
-        f"model.hidden_size={sizes.hidden}",
-        f"task.seq_len={sizes.steps}",
-        f"task.batch_size={sizes.batch}",
-        f"trainer.max_steps={sizes.fit_steps + 1}",
-        "trainer.val_check_interval=100000",
-        "trainer.enable_progress_bar=false",
-        "task.val_batches=1",
-        f"trainer.accelerator={accelerator}",
-        "diagnostics.every_n_steps=null",
-        "diagnostics.spectral_every_n_steps=null",
-    ]
-    cfg = compose_run(overrides, tmp / "lightning")
-
-    def rnnflow_run() -> list[float]:
-        timer = StepTimer(device)
-        lightning_fit(compose_run(overrides, tmp / "lightning"), [timer], logger=False, callbacks=False)
-        return timer.times[1:]  # the first batch pays for set-up
-
-    torch.manual_seed(0)
-    model = nn.ModuleDict(
-        {"lstm": nn.LSTM(2, sizes.hidden, batch_first=True), "head": nn.Linear(sizes.hidden, 1)}
-    ).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
-    task = AddingTask(sizes.steps)
-
-    def raw_run() -> list[float]:
-        times = []
-        for index in range(sizes.fit_steps + 1):
-            sync(device)
-            start = time.perf_counter()
-            batch = task.generate(sizes.batch, torch.Generator(device=device).manual_seed(index), device)
-            optimizer.zero_grad(set_to_none=True)
-            output = model["head"](model["lstm"](batch.inputs)[0][:, -1]).squeeze(-1)
-            nn.functional.mse_loss(output, batch.targets).backward()
-            optimizer.step()
-            sync(device)
-            times.append(time.perf_counter() - start)
-        return times[1:]
-
-    rnnflow_times, raw_times = [], []
-    for _ in range(repeats):
-        rnnflow_times += rnnflow_run()
-        raw_times += raw_run()
-    rnnflow_step, raw_step = statistics.median(rnnflow_times), statistics.median(raw_times)
+def goals_for(device: torch.device) -> dict[str, tuple[str, float, float | None]]:
+    """``{figure: (sense, goal, upper bound for 'within')}``."""
+    gpu = device.type == "cuda"
+    probe_goal = 1.2 if gpu else 1.5
     return {
-        "rnnflow_step_ms": 1e3 * rnnflow_step,
-        "raw_step_ms": 1e3 * raw_step,
-        "ratio": raw_step / rnnflow_step,
+        "lightning_vs_raw": (">=", 1 / 1.1 if gpu else 0.97, None),
+        "probe_vs_plain": ("<=", probe_goal, None),
+        "probe_vs_plain/rnn": ("<=", probe_goal, None),
+        "probe_vs_plain/gru": ("<=", probe_goal, None),
+        "amortized_overhead": ("<=", 0.02, None),
+        "amortized_overhead_measured": ("<=", 0.02, None),
+        "time_per_T": ("within", 0.9, 1.1),
+        "memory_per_T": ("within", 0.9, 1.1),
+        "denormal_slowdown": ("<=", 1.1, None),
     }
 
 
-def bench_amortized_measured(sizes: Sizes, device: torch.device, repeats: int, tmp: Path) -> dict[str, float]:
-    """A whole default-diagnostics Lightning run against the same run without diagnostics."""
-    small = sizes.small
-    accelerator = "gpu" if device.type == "cuda" else "cpu"
-    base = [
-        f"model.hidden_size={small['hidden']}",
-        f"task.seq_len={small['steps']}",
-        f"task.batch_size={small['batch']}",
-        f"trainer.max_steps={small['run_steps']}",
-        "trainer.val_check_interval=100000",
-        "trainer.enable_progress_bar=false",
-        "task.val_batches=1",
-        f"trainer.accelerator={accelerator}",
-    ]
-    off = [*base, "diagnostics.every_n_steps=null", "diagnostics.spectral_every_n_steps=null"]
+def check(value: float, sense: str, goal: float, upper: float | None) -> bool:
+    if sense == ">=":
+        return value >= goal
+    if sense == "<=":
+        return value <= goal
+    return goal <= value <= upper
 
-    def run(overrides: list[str], name: str) -> Callable[[], None]:
-        return lambda: lightning_fit(compose_run(overrides, tmp / name), [], logger=True, callbacks=True)
 
-    medians = interleaved_medians(
-        {"on": run(base, "on"), "off": run(off, "off")}, max(1, repeats // 2), device
+def table_rows(figures: dict[str, Any], device: torch.device) -> list[tuple[str, float, str, str]]:
+    """``(name, value, goal, pass)`` for every figure with a goal, and the informational ones."""
+    goals = goals_for(device)
+    values: dict[str, float] = {}
+    for key in ("lightning_vs_raw", "probe_vs_plain", "amortized_overhead", "amortized_overhead_measured"):
+        if key in figures:
+            values[key] = figures[key]
+    for cell in ("rnn", "gru"):
+        if cell in figures.get("probe", {}):
+            values[f"probe_vs_plain/{cell}"] = figures["probe"][cell]["auto_vs_plain"]
+    rows = []
+    for name, value in values.items():
+        sense, goal, upper = goals[name]
+        rows.append(
+            (name, value, f"{sense} {goal:.3g}", "pass" if check(value, sense, goal, upper) else "FAIL")
+        )
+    lengths = figures.get("length_scaling", {})
+    for length, row in lengths.items():
+        for key, label in (
+            ("time_per_step_vs_reference", "time_per_T"),
+            ("memory_per_step_vs_reference", "memory_per_T"),
+        ):
+            sense, goal, upper = goals[label]
+            value = row[key]
+            ok = check(value, sense, goal, upper)
+            rows.append((f"{label}/T={length}", value, f"{goal:.2f}..{upper:.2f}", "pass" if ok else "FAIL"))
+    if "denormal_slowdown" in figures:
+        sense, goal, upper = goals["denormal_slowdown"]
+        value = figures["denormal_slowdown"]
+        rows.append(
+            (
+                "denormal_slowdown",
+                value,
+                f"{sense} {goal:.3g}",
+                "pass" if check(value, sense, goal, upper) else "FAIL",
+            )
+        )
+    if "denormal_slowdown_without_flush" in figures:
+        rows.append(
+            ("denormal_slowdown_without_flush", figures["denormal_slowdown_without_flush"], "(info)", "-")
+        )
+    return rows
+
+
+def print_report(figures: dict[str, Any], rows: list[tuple[str, float, str, str]]) -> None:
+    env = figures["environment"]
+    print(
+        f"\nrnnflow bench: {env['device']}, torch {env['torch']}, commit {env['commit']}, "
+        f"load {env['load_before']} -> {env['load_after']}, {env['elapsed_s']:.0f} s"
     )
-    return {"on_s": medians["on"], "off_s": medians["off"], "overhead": medians["on"] / medians["off"] - 1}
+    print(f"sizes: {figures['sizes']}, repeats {figures['repeats']}")
+    print(f"\n{'figure':36s} {'value':>9s}  {'goal':>12s}  result")
+    for name, value, goal, result in rows:
+        print(f"{name:36s} {value:9.4f}  {goal:>12s}  {result}")
+    if "probe" in figures:
+        print("\nprobed step / plain step (T, H, B as in sizes):")
+        for cell, row in figures["probe"].items():
+            ratios = ", ".join(
+                f"{k.removesuffix('_vs_plain')} {v:.3f}x" for k, v in row.items() if k.endswith("_vs_plain")
+            )
+            print(f"  {cell:4s} plain {row['plain_ms']:7.1f} ms; auto = {row['auto_route']}; {ratios}")
+    if "probe_phases" in figures:
+        phases = figures["probe_phases"]
+        print(f"\nphases of a {phases['cell']} step, ms (probe route {phases['route']}):")
+        print(f"  {'phase':14s} {'plain':>8s} {'probed':>8s} {'extra':>8s}")
+        for phase in phases["plain_ms"]:
+            print(
+                f"  {phase:14s} {phases['plain_ms'][phase]:8.1f} {phases['probed_ms'][phase]:8.1f} "
+                f"{phases['extra_ms'][phase]:8.1f}"
+            )
+    if "profile" in figures:
+        profile = figures["profile"]
+        print(f"\nprofile of a probed {profile['cell']} step: phases (ms) {profile['phases_ms']}")
+        for row in profile["top_ops"]:
+            print(
+                f"  {row['op'][:44]:44s} self {row['self_cpu_ms_per_step']:8.2f} ms  "
+                f"total {row['cpu_ms_per_step']:8.2f} ms  calls {row['calls_per_step']:g}"
+            )
+    if "lightning" in figures:
+        row = figures["lightning"]
+        print(
+            f"\nLightning fit {row['rnnflow_step_ms']:.1f} ms/batch vs raw loop "
+            f"{row['raw_step_ms']:.1f} ms/batch ({row['samples_per_variant']} batches each)"
+        )
+    if "amortized" in figures:
+        row = figures["amortized"]
+        print(
+            f"measured diagnostics overhead (window {row['window']}, probes at {row['probe_batches']}): "
+            f"{100 * row['overhead']:.2f}% (raw window sums {100 * row['raw_window_overhead']:.2f}%); "
+            f"per-batch callbacks {100 * row['per_step_overhead']:.2f}% "
+            f"+ probes {100 * row['probe_overhead']:.2f}% = {100 * row['decomposed_overhead']:.2f}%; "
+            f"probe batch {row['probe_batch_vs_plain_batch']:.2f}x a plain one; whole short run incl. set-up "
+            f"and step-0/last figures {100 * row['whole_run_overhead']:.1f}%"
+        )
+    if "length_scaling" in figures:
+        print("plain LSTM step by T:")
+        for length, row in figures["length_scaling"].items():
+            extra = f", peak CUDA {row['peak_cuda_mb']:.0f} MB" if "peak_cuda_mb" in row else ""
+            print(
+                f"  T={length:>5s}: {row['step_ms']:8.1f} ms, "
+                f"saved activations {row['saved_mb']:7.1f} MB{extra}"
+            )
+    if "denormal" in figures:
+        print("denormals, vanishing (rho 0.5) vs healthy (rho 1), ms:")
+        for cell, row in figures["denormal"].items():
+            parts = []
+            for suffix, label in (("", "flush-to-zero"), ("_without_flush", "without")):
+                if f"healthy_ms{suffix}" not in row:
+                    continue
+                parts.append(
+                    f"{label}: plain {row[f'vanishing_ms{suffix}']:.0f}/{row[f'healthy_ms{suffix}']:.0f} "
+                    f"({row[f'slowdown{suffix}']:.3f}x), probed {row[f'probed_vanishing_ms{suffix}']:.0f}/"
+                    f"{row[f'probed_healthy_ms{suffix}']:.0f} ({row[f'probed_slowdown{suffix}']:.3f}x)"
+                )
+            print(
+                f"  {cell:4s} log10 ratio vanishing {row['vanishing_log10_ratio']} "
+                f"({row['vanishing_zero_steps']} steps at 0), healthy {row['healthy_log10_ratio']} "
+                f"({row['healthy_zero_steps']} at 0); " + "; ".join(parts)
+            )
 
 
-def saved_activation_bytes(run: Callable[[], None]) -> int:
-    """Bytes of the tensors autograd saves for backward during ``run`` (activation memory)."""
-    total = 0
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += tensor.numel() * tensor.element_size()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run()
-    return total
-
-
-def bench_lengths(sizes: Sizes, device: torch.device, repeats: int) -> dict[str, dict[str, float]]:
-    torch.manual_seed(0)
-    model = RecurrentNet("lstm", 2, sizes.hidden, 1, 1, readout="last").to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    steps = {}
-    for length in sizes.lengths:
-        batch = adding_batch(length, sizes.batch, device)
-        steps[length], _ = plain_and_probed_step(model, optimizer, batch.inputs, batch.targets)
-    medians = interleaved_medians({str(k): v for k, v in steps.items()}, repeats, device)
-    memory = {length: saved_activation_bytes(run) for length, run in steps.items()}
-    reference = sizes.lengths[1]
-    return {
-        str(length): {
-            "step_ms": 1e3 * medians[str(length)],
-            "time_per_step_vs_reference": (medians[str(length)] / length)
-            / (medians[str(reference)] / reference),
-            "saved_mb": memory[length] / 2**20,
-            "memory_per_step_vs_reference": (memory[length] / length) / (memory[reference] / reference),
-        }
-        for length in sizes.lengths
-    }
-
-
-def bench_denormal(sizes: Sizes, device: torch.device, repeats: int) -> dict[str, float]:
-    batch = adding_batch(sizes.steps, sizes.batch, device)
-    steps = {}
-    for radius in (0.5, 1.0):
-        torch.manual_seed(0)
-        init = {"recurrent": "orthogonal", "spectral_radius": radius}
-        model = RecurrentNet("lstm", 2, sizes.hidden, 1, 1, readout="last", init=init).to(device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # keep ρ fixed across repeats
-        steps[radius], _ = plain_and_probed_step(model, optimizer, batch.inputs, batch.targets)
-    result = {}
-    for flush in (True, False):
-        torch.set_flush_denormal(flush)
-        medians = interleaved_medians({"vanishing": steps[0.5], "healthy": steps[1.0]}, repeats, device)
-        key = "slowdown" if flush else "slowdown_without_flush"
-        result[key] = medians["vanishing"] / medians["healthy"]
-        result[f"healthy_ms{'' if flush else '_without_flush'}"] = 1e3 * medians["healthy"]
-    torch.set_flush_denormal(True)
-    return result
+def finite(value: Any) -> Any:
+    """JSON-safe: non-finite floats become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test, not a measurement)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per comparison (medians)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler of a probed step")
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma-separated sections to run ({', '.join(SECTIONS)})"
+    )
     args = parser.parse_args()
+    sections = set(args.only.split(","))
+    if unknown := sections - set(SECTIONS):
+        parser.error(f"unknown sections {sorted(unknown)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device available")
     device = torch.device(args.device)
-    torch.set_flush_denormal(True)  # rnnflow's default on the CPU (cpu_flush_denormal)
-    sizes = Sizes(device, args.quick)
-    every_n_steps = int(compose_run([], Path("unused")).diagnostics.every_n_steps)
-    tmp = Path(ROOT / "logs" / "bench")
+    quiet_lightning()
+    torch.set_flush_denormal(True)  # rnnflow's default on the CPU (cpu_flush_denormal: true)
+    every_n_steps = default_every_n_steps()
+    sizes = BenchSizes.for_device(device, args.quick, every_n_steps)
+    repeats = max(1, args.repeats)
+    started, load_before = time.perf_counter(), load_average()
+    print(
+        f"rnnflow bench on {device}: sizes {sizes.as_dict()}, repeats {repeats}, load {load_before}",
+        flush=True,
+    )
 
-    probe = bench_probe(sizes, device, args.repeats)
-    lightning = bench_lightning_vs_raw(sizes, device, args.repeats, tmp)
-    lengths = bench_lengths(sizes, device, args.repeats)
-    denormal = bench_denormal(sizes, device, args.repeats)
-    measured = bench_amortized_measured(sizes, device, args.repeats, tmp)
-    lstm = probe["lstm"]
-    gpu = device.type == "cuda"
-    figures = {
-        "device": torch.cuda.get_device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)",
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="rnnflow-bench-") as workdir:
+        if "probe" in sections:
+            print("probe vs plain ...", flush=True)
+            figures["probe"] = bench_probe(sizes, device, repeats)
+            figures["probe_vs_plain"] = figures["probe"]["lstm"]["auto_vs_plain"]
+            figures["amortized_overhead"] = (figures["probe_vs_plain"] - 1) / every_n_steps
+        if "phases" in sections:
+            print("probe phases ...", flush=True)
+            figures["probe_phases"] = probe_phases(sizes, device, repeats)
+        if args.profile:
+            print("profile ...", flush=True)
+            figures["profile"] = profile_probed_step(sizes, device)
+        if "lightning" in sections:
+            print("Lightning vs raw loop ...", flush=True)
+            figures["lightning"] = bench_lightning_vs_raw(sizes, device, repeats, Path(workdir))
+            figures["lightning_vs_raw"] = figures["lightning"]["throughput_ratio"]
+        if "amortized" in sections:
+            print("measured diagnostics overhead ...", flush=True)
+            runs = 1 if args.quick else max(2, math.ceil(repeats / 2))
+            figures["amortized"] = bench_amortized_measured(sizes, device, runs, Path(workdir))
+            figures["amortized_overhead_measured"] = figures["amortized"]["overhead"]
+        if "lengths" in sections:
+            print("length scaling ...", flush=True)
+            figures["length_scaling"] = bench_lengths(sizes, device, repeats)
+            figures["step_ms_by_T"] = {t: row["step_ms"] for t, row in figures["length_scaling"].items()}
+            figures["saved_mb_by_T"] = {t: row["saved_mb"] for t, row in figures["length_scaling"].items()}
+        if "denormal" in sections:
+            print("denormals ...", flush=True)
+            figures["denormal"] = bench_denormal(sizes, device, repeats)
+            figures["denormal_slowdown"] = max(row["slowdown"] for row in figures["denormal"].values())
+            if device.type == "cpu":
+                figures["denormal_slowdown_without_flush"] = max(
+                    row["slowdown_without_flush"] for row in figures["denormal"].values()
+                )
+
+    figures["every_n_steps"] = every_n_steps
+    figures["sizes"] = sizes.as_dict()
+    figures["repeats"] = repeats
+    figures["quick"] = args.quick
+    figures["environment"] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "sizes": {
-            "hidden": sizes.hidden,
-            "batch": sizes.batch,
-            "steps": sizes.steps,
-            "repeats": args.repeats,
-        },
-        "lightning_vs_raw": lightning["ratio"],
-        "probe_vs_plain": lstm["auto_vs_plain"],
-        "amortized_overhead": (lstm["auto_vs_plain"] - 1) / every_n_steps,
-        "amortized_overhead_measured": measured["overhead"],
-        "denormal_slowdown": denormal["slowdown"],
-        "denormal_slowdown_without_flush": denormal["slowdown_without_flush"],
-        "every_n_steps": every_n_steps,
-        "probe": probe,
-        "lightning": lightning,
-        "length_scaling": lengths,
-        "denormal": denormal,
-        "amortized_measured": measured,
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "load_before": load_before,
+        "load_after": load_average(),
+        "elapsed_s": time.perf_counter() - started,
     }
-    goals = {
-        "lightning_vs_raw": (">=", 1 / 1.1 if gpu else 0.97),
-        "probe_vs_plain": ("<=", 1.2 if gpu else 1.5),
-        "amortized_overhead": ("<=", 0.02),
-        "amortized_overhead_measured": ("<=", 0.02),
-        "denormal_slowdown": ("<=", 1.1),
-    }
-    print(f"rnnflow bench on {figures['device']}, torch {torch.__version__}, sizes {figures['sizes']}")
-    print(f"{'figure':36s} {'value':>9s}  {'goal':>8s}  ok")
-    for name, (sense, goal) in goals.items():
-        value = figures[name]
-        ok = value >= goal if sense == ">=" else value <= goal
-        print(f"{name:36s} {value:9.3f}  {sense}{goal:7.3f}  {'yes' if ok else 'NO'}")
-    for cell, row in probe.items():
-        ratios = ", ".join(
-            f"{k.removesuffix('_vs_plain')} {v:.2f}x" for k, v in row.items() if k.endswith("plain")
-        )
-        print(f"  probe {cell:4s}: plain {row['plain_ms']:.0f} ms; probed: {ratios}")
-    print(
-        f"  lightning step {lightning['rnnflow_step_ms']:.0f} ms, raw loop {lightning['raw_step_ms']:.0f} ms"
-    )
-    for length, row in lengths.items():
-        print(
-            f"  T={length:>5s}: {row['step_ms']:.0f} ms, time/T vs ref "
-            f"{row['time_per_step_vs_reference']:.3f}, saved {row['saved_mb']:.1f} MB, "
-            f"memory/T vs ref {row['memory_per_step_vs_reference']:.3f}"
-        )
-    print(
-        f"  denormal: vanishing/healthy {denormal['slowdown']:.2f}x with flush-to-zero, "
-        f"{denormal['slowdown_without_flush']:.2f}x without"
-    )
-    print(f"  whole run with diagnostics: {measured['on_s']:.1f} s vs {measured['off_s']:.1f} s without")
+    rows = table_rows(figures, device)
+    figures["table"] = [{"figure": n, "value": v, "goal": g, "result": r} for n, v, g, r in rows]
+    print_report(figures, rows)
     if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
-        print(f"wrote {args.json}")
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(finite(figures), indent=2))
+        print(f"\nwrote {args.json}")
 
 
 if __name__ == "__main__":

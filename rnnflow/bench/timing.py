@@ -14,6 +14,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import lightning as L
@@ -97,7 +98,7 @@ class IterationClock(L.Callback):
     @property
     def intervals(self) -> list[float]:
         """Seconds per batch, in batch order."""
-        return [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+        return [b - a for a, b in pairwise(self.stamps)]
 
 
 def saved_activation_bytes(run: Callable[[], Any]) -> int:

@@ -1,0 +1,558 @@
+"""The measurements behind ``scripts/bench.py``: what a training step and its probes cost.
+
+Each function runs one comparison, interleaving its variants in this process
+(:func:`rnnflow.bench.timing.interleaved_timings`), and returns plain numbers (ms, ratios)
+ready for JSON. Ratios are ``variant time / reference time`` (> 1 means slower) unless
+their name says otherwise. The task is always the adding problem (inputs ``(B, T, 2)``,
+target ``(B,)``, MSE), the model a one-layer :class:`rnnflow.models.RecurrentNet`.
+
+* :func:`bench_probe`: a probed training step (forward through
+  :class:`rnnflow.diagnostics.gradient_flow.GradientFlowProbe`, backward,
+  ``probe.gradient_flow()``, optimizer step) over a plain one, per cell and probe route.
+* :func:`probe_phases` / :func:`profile_probed_step`: where a probed step spends its time.
+* :func:`bench_lightning_vs_raw`: iterations per second of a real ``Trainer.fit`` of
+  :class:`rnnflow.training.module.RecurrentTaskModule` over those of a hand-written loop
+  (same fused module, Adam, the same batches from the same generator).
+* :func:`bench_amortized_measured`: Lightning runs with every diagnostics callback on
+  (default config) against the same runs with them off.
+* :func:`bench_lengths`: plain step time and activation memory at several T.
+* :func:`bench_denormal`: a vanishing model (ρ = 0.5) against a healthy one (ρ = 1), with
+  and without flush-to-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+from torch import nn
+
+from rnnflow.bench.timing import (
+    IterationClock,
+    clock,
+    interleaved_timings,
+    peak_cuda_bytes,
+    saved_activation_bytes,
+)
+from rnnflow.diagnostics.gradient_flow import GradientFlowProbe, choose_route
+from rnnflow.models import RecurrentNet
+from rnnflow.models.fused import fused_spec
+from rnnflow.tasks import AddingTask
+from rnnflow.training.build import build_datamodule, build_module, build_task_from_config, build_trainer
+from rnnflow.training.data import TRAIN_STREAM, batch_seed
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CELLS = ("rnn", "lstm", "gru")
+
+
+@dataclass
+class BenchSizes:
+    """Sizes of every comparison (written to the JSON next to the figures)."""
+
+    device: str
+    hidden: int  # probe, Lightning-vs-raw, lengths and denormal comparisons
+    batch: int
+    steps: int  # T
+    lengths: tuple[int, ...]  # T values of the length scaling; the middle one is the reference
+    fit_steps: int  # timed batches per Lightning fit / raw-loop run
+    fit_warmup: int  # batches dropped at the start of each fit / run
+    small_hidden: int  # the measured amortized-overhead runs
+    small_steps: int
+    small_batch: int
+    every_n_steps: int  # probe interval of the measured runs (the default config's, unless quick)
+    probe_windows: int  # probe intervals in the timed window of a measured run
+
+    @classmethod
+    def for_device(cls, device: torch.device, quick: bool, every_n_steps: int) -> BenchSizes:
+        gpu = device.type == "cuda"
+        if quick:
+            return cls(str(device), 32, 16, 100, (50, 100, 200), 4, 2, 16, 40, 16, 10, 3)
+        if gpu:
+            return cls(str(device), 256, 128, 1000, (250, 1000, 4000), 20, 5, 128, 200, 128, every_n_steps, 3)
+        return cls(str(device), 128, 64, 1000, (250, 1000, 4000), 8, 2, 64, 200, 64, every_n_steps, 3)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's per-fit banners and known harmless warnings (the bench runs many fits)."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*litlogger.*")
+
+
+def adding_batch(
+    steps: int, batch: int, device: torch.device, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator(device=device).manual_seed(seed)
+    drawn = AddingTask(steps).generate(batch, generator, device)
+    return drawn.inputs, drawn.targets
+
+
+def make_model(cell: str, hidden: int, device: torch.device, init: dict | None = None) -> RecurrentNet:
+    torch.manual_seed(0)
+    return RecurrentNet(cell, 2, hidden, 1, 1, readout="last", init=init).to(device)
+
+
+def step_functions(
+    model: RecurrentNet, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, targets: torch.Tensor
+) -> tuple[Callable[[], None], Callable[[str], Callable[[], None]]]:
+    """``(plain, probed)``: a plain training step, and ``probed(route)`` the same step probed."""
+
+    def plain() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.mse_loss(model(inputs).squeeze(-1), targets).backward()
+        optimizer.step()
+
+    def probed(route: str) -> Callable[[], None]:
+        def run() -> None:
+            probe = GradientFlowProbe(route=route)
+            optimizer.zero_grad(set_to_none=True)
+            outputs = model(inputs, layer_call=probe.layer_call)
+            nn.functional.mse_loss(outputs.squeeze(-1), targets).backward()
+            probe.gradient_flow()
+            optimizer.step()
+
+        return run
+
+    return plain, probed
+
+
+def routes_for(cell: str) -> tuple[str, ...]:
+    return ("extra_input", "adjoint") if cell != "gru" else ("extra_input",)
+
+
+def bench_probe(sizes: BenchSizes, device: torch.device, repeats: int) -> dict[str, dict[str, Any]]:
+    """Probed step over plain step, per cell, for ``auto`` and every explicit route."""
+    inputs, targets = adding_batch(sizes.steps, sizes.batch, device)
+    results: dict[str, dict[str, Any]] = {}
+    for cell in CELLS:
+        model = make_model(cell, sizes.hidden, device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        plain, probed = step_functions(model, optimizer, inputs, targets)
+        variants = {"plain": plain, "auto": probed("auto")}
+        variants.update({route: probed(route) for route in routes_for(cell)})
+        timings = interleaved_timings(variants, repeats, device)
+        medians = timings.medians
+        results[cell] = {
+            "plain_ms": 1e3 * medians["plain"],
+            "auto_route": choose_route(fused_spec(model.layers[0]), device, "auto"),
+            **{f"{name}_ms": 1e3 * medians[name] for name in variants if name != "plain"},
+            **{f"{name}_vs_plain": medians[name] / medians["plain"] for name in variants if name != "plain"},
+            "plain_spread": timings.spread("plain"),
+        }
+    return results
+
+
+PHASES = ("forward", "backward", "gradient_flow", "optimizer")
+
+
+def phased_step(
+    model: RecurrentNet,
+    optimizer: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    device: torch.device,
+    route: str | None,
+) -> dict[str, float]:
+    """One training step (probed with ``route``, plain if None), seconds per phase."""
+    probe = GradientFlowProbe(route=route) if route is not None else None
+    start = clock(device)
+    optimizer.zero_grad(set_to_none=True)
+    outputs = model(inputs, layer_call=probe.layer_call if probe is not None else None)
+    loss = nn.functional.mse_loss(outputs.squeeze(-1), targets)
+    forward = clock(device)
+    loss.backward()
+    backward = clock(device)
+    if probe is not None:
+        probe.gradient_flow()
+    flow = clock(device)
+    optimizer.step()
+    end = clock(device)
+    return {
+        "forward": forward - start,
+        "backward": backward - forward,
+        "gradient_flow": flow - backward,
+        "optimizer": end - flow,
+        "total": end - start,
+    }
+
+
+def probe_phases(
+    sizes: BenchSizes, device: torch.device, repeats: int, cell: str = "lstm", route: str = "auto"
+) -> dict[str, Any]:
+    """Median ms per phase of a plain and a probed step (interleaved), and the probe's extra per phase."""
+    inputs, targets = adding_batch(sizes.steps, sizes.batch, device)
+    model = make_model(cell, sizes.hidden, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    samples: dict[str, list[dict[str, float]]] = {"plain": [], "probed": []}
+    variants = {"plain": None, "probed": route}
+    for variant_route in variants.values():  # warm-up
+        phased_step(model, optimizer, inputs, targets, device, variant_route)
+    for round_index in range(repeats):
+        order = list(variants) if round_index % 2 == 0 else list(variants)[::-1]
+        for name in order:
+            samples[name].append(phased_step(model, optimizer, inputs, targets, device, variants[name]))
+    result: dict[str, Any] = {"cell": cell, "route": choose_route(fused_spec(model.layers[0]), device, route)}
+    for name, rows in samples.items():
+        result[f"{name}_ms"] = {
+            phase: 1e3 * statistics.median(row[phase] for row in rows) for phase in (*PHASES, "total")
+        }
+    result["extra_ms"] = {
+        phase: result["probed_ms"][phase] - result["plain_ms"][phase] for phase in (*PHASES, "total")
+    }
+    return result
+
+
+def profile_probed_step(
+    sizes: BenchSizes, device: torch.device, cell: str = "lstm", route: str = "auto", top: int = 15
+) -> dict[str, Any]:
+    """torch.profiler over two probed steps: the ``top`` operators by self time (ms per step)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    inputs, targets = adding_batch(sizes.steps, sizes.batch, device)
+    model = make_model(cell, sizes.hidden, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    steps = 2
+
+    def run() -> None:
+        probe = GradientFlowProbe(route=route)
+        optimizer.zero_grad(set_to_none=True)
+        with record_function("phase:forward"):
+            loss = nn.functional.mse_loss(model(inputs, layer_call=probe.layer_call).squeeze(-1), targets)
+        with record_function("phase:backward"):
+            loss.backward()
+        with record_function("phase:gradient_flow"):
+            probe.gradient_flow()
+        with record_function("phase:optimizer"):
+            optimizer.step()
+
+    run()  # warm-up
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            run()
+        clock(device)
+    averages = prof.key_averages()
+    device_time = "self_device_time_total" if device.type == "cuda" else None
+    phases = {
+        e.key.removeprefix("phase:"): e.cpu_time_total / 1e3 / steps
+        for e in averages
+        if e.key.startswith("phase:")
+    }
+    ops = [e for e in averages if not e.key.startswith("phase:")]
+    ops.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    rows = []
+    for event in ops[:top]:
+        row = {
+            "op": event.key,
+            "calls_per_step": event.count / steps,
+            "self_cpu_ms_per_step": event.self_cpu_time_total / 1e3 / steps,
+            "cpu_ms_per_step": event.cpu_time_total / 1e3 / steps,
+        }
+        if device_time is not None:
+            row["self_device_ms_per_step"] = getattr(event, device_time, 0.0) / 1e3 / steps
+        rows.append(row)
+    return {"cell": cell, "route": route, "phases_ms": phases, "top_ops": rows}
+
+
+# --- Lightning runs ---------------------------------------------------------------------------------
+
+
+def compose_run(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The ``train`` config with ``overrides``, writing under ``output_dir``."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=[f"paths.output_dir={output_dir}", *overrides])
+
+
+def default_every_n_steps() -> int:
+    """``diagnostics.every_n_steps`` of the default config (conf/train.yaml)."""
+    return int(compose_run([], Path("unused")).diagnostics.every_n_steps)
+
+
+def run_overrides(device: torch.device, cell: str, hidden: int, steps: int, batch: int, max_steps: int):
+    return [
+        f"trainer={'gpu' if device.type == 'cuda' else 'cpu'}",
+        f"model={cell}",
+        f"model.hidden_size={hidden}",
+        "model.num_layers=1",
+        "task=adding",
+        f"task.seq_len={steps}",
+        f"task.batch_size={batch}",
+        f"trainer.max_steps={max_steps}",
+        "+trainer.limit_val_batches=0",  # no validation: only training batches are timed
+        "trainer.enable_progress_bar=false",
+    ]
+
+
+def lightning_fit(cfg: DictConfig, device: torch.device, callbacks: tuple[str, ...] | None, logger: bool):
+    """``Trainer.fit`` of the config's run with only the named callbacks (None: all); its clock."""
+    with open_dict(cfg):
+        if callbacks is not None:
+            cfg.callbacks = {name: cfg.callbacks[name] for name in callbacks if name in cfg.callbacks}
+        if not logger:
+            cfg.logger = {}
+    L.seed_everything(cfg.seed, verbose=False)
+    task = build_task_from_config(cfg)
+    module = build_module(cfg, task)
+    data = build_datamodule(cfg, task)
+    iteration_clock = IterationClock(device)
+    trainer = build_trainer(cfg, extra_callbacks=[iteration_clock])
+    trainer.fit(module, datamodule=data)
+    return iteration_clock
+
+
+class RawNet(nn.Module):
+    """The hand-written model: torch's fused module (cuDNN on a GPU) and a linear head on the last step."""
+
+    def __init__(self, cell: str, input_size: int, hidden: int, output_size: int) -> None:
+        super().__init__()
+        self.rnn = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell](input_size, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, output_size)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(inputs)[0][:, -1])
+
+
+def raw_loop(cfg: DictConfig, device: torch.device, steps: int) -> list[float]:
+    """A hand-written training loop over the same batches as the run of ``cfg``: seconds per batch."""
+    task = build_task_from_config(cfg)
+    torch.manual_seed(cfg.seed)
+    model = RawNet(cfg.model.cell, task.input_size, cfg.model.hidden_size, task.output_size).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+    stamps = []
+    for index in range(steps):
+        stamps.append(clock(device))
+        generator = torch.Generator(device=device)
+        generator.manual_seed(batch_seed(cfg.seed, TRAIN_STREAM, 0, index))
+        batch = task.generate(cfg.task.batch_size, generator, device)
+        optimizer.zero_grad(set_to_none=True)
+        task.loss(model(batch.inputs), batch.targets).backward()
+        optimizer.step()
+    stamps.append(clock(device))
+    return [b - a for a, b in pairwise(stamps)]
+
+
+def bench_lightning_vs_raw(sizes: BenchSizes, device: torch.device, repeats: int, workdir: Path) -> dict:
+    """Iteration time of ``Trainer.fit`` (no diagnostics, no logger, no checkpoints) vs a raw loop.
+
+    Lightning keeps the one callback every run has besides diagnostics (``clip``: the clip
+    statistics the module records each step, drained to the logger, here to nothing). Each
+    round runs one fit and one raw loop of ``fit_warmup + fit_steps`` batches (order
+    alternating); the first ``fit_warmup`` batches of each are dropped; medians over all rounds.
+    """
+    total = sizes.fit_warmup + sizes.fit_steps
+    overrides = [
+        *run_overrides(device, "lstm", sizes.hidden, sizes.steps, sizes.batch, total),
+        "diagnostics.every_n_steps=null",
+        "diagnostics.spectral_every_n_steps=null",
+        "diagnostics.figure_every_n_steps=null",
+    ]
+
+    def rnnflow_run() -> list[float]:
+        cfg = compose_run(overrides, workdir / "lightning_vs_raw")
+        return lightning_fit(cfg, device, callbacks=("clip",), logger=False).intervals[sizes.fit_warmup :]
+
+    def raw_run() -> list[float]:
+        cfg = compose_run(overrides, workdir / "lightning_vs_raw")
+        return raw_loop(cfg, device, total)[sizes.fit_warmup :]
+
+    rnnflow_run(), raw_run()  # warm-up: first fit pays for imports and allocator growth
+    samples: dict[str, list[float]] = {"rnnflow": [], "raw": []}
+    for round_index in range(repeats):
+        order = ("rnnflow", "raw") if round_index % 2 == 0 else ("raw", "rnnflow")
+        for name in order:
+            samples[name] += rnnflow_run() if name == "rnnflow" else raw_run()
+    rnnflow_step, raw_step = statistics.median(samples["rnnflow"]), statistics.median(samples["raw"])
+    return {
+        "rnnflow_step_ms": 1e3 * rnnflow_step,
+        "raw_step_ms": 1e3 * raw_step,
+        "rnnflow_steps_per_s": 1 / rnnflow_step,
+        "raw_steps_per_s": 1 / raw_step,
+        "throughput_ratio": raw_step / rnnflow_step,
+        "samples_per_variant": len(samples["raw"]),
+    }
+
+
+def bench_amortized_measured(sizes: BenchSizes, device: torch.device, repeats: int, workdir: Path) -> dict:
+    """Lightning runs with every diagnostics callback on (the default config) against them off.
+
+    Both keep the TensorBoard logger, the clip monitor and checkpointing; ``on`` adds the
+    gradient-flow probe, spectra and figures at probe interval ``n``. Timed window: batches
+    ``[n/2, n/2 + k·n)`` (``k = probe_windows``), which holds exactly k probe (and spectral)
+    batches and neither the step-0 nor the last-step probe, whose figures a long run amortises
+    over thousands of batches. ``repeats`` runs per variant, alternating. Reported:
+
+    * ``overhead``: Σ_k median over runs of batch k's time, on over off, − 1 (the per-batch
+      median over runs drops a transient hiccup of one run, e.g. another process);
+    * ``per_step_overhead``: median non-probe batch on / median batch off − 1 (callbacks that
+      run every batch); ``probe_overhead``: the probe batches' time above a non-probe batch,
+      per window batch, over the median batch off; ``decomposed_overhead`` their sum;
+    * ``raw_window_overhead``: plain sums of the window, median over runs;
+    * ``whole_run_overhead``: whole ``fit`` wall time on / off − 1 (set-up, the step-0 and
+      last probes with their figures included: a short run pays them over few batches).
+    """
+    n = sizes.every_n_steps
+    low, high = n // 2, n // 2 + sizes.probe_windows * n
+    max_steps = high + max(2, n // 10)
+    base = [
+        *run_overrides(device, "lstm", sizes.small_hidden, sizes.small_steps, sizes.small_batch, max_steps),
+        f"diagnostics.every_n_steps={n}",
+        f"diagnostics.spectral_every_n_steps={n}",
+    ]
+    off = [
+        *base,
+        "diagnostics.every_n_steps=null",
+        "diagnostics.spectral_every_n_steps=null",
+        "diagnostics.figure_every_n_steps=null",
+    ]
+    probe_batches = [k for k in range(low, high) if k % n == 0]
+    windows: dict[str, list[list[float]]] = {"on": [], "off": []}
+    fits: dict[str, list[float]] = {"on": [], "off": []}
+    for round_index in range(repeats):
+        for name in ("on", "off") if round_index % 2 == 0 else ("off", "on"):
+            cfg = compose_run(base if name == "on" else off, workdir / f"amortized_{name}_{round_index}")
+            iteration_clock = lightning_fit(cfg, device, callbacks=None, logger=True)
+            windows[name].append(iteration_clock.intervals[low:high])
+            fits[name].append(iteration_clock.fit_end - iteration_clock.fit_start)
+
+    # Per-batch medians over runs, (high - low) values per variant.
+    batch = {
+        name: [statistics.median(ts) for ts in zip(*runs, strict=True)] for name, runs in windows.items()
+    }
+    is_probe = [k in probe_batches for k in range(low, high)]
+    ordinary_on = statistics.median(t for t, p in zip(batch["on"], is_probe, strict=True) if not p)
+    ordinary_off = statistics.median(batch["off"])
+    probe_times = [t for t, p in zip(batch["on"], is_probe, strict=True) if p]
+    per_step = ordinary_on / ordinary_off - 1
+    probe_extra = sum(t - ordinary_on for t in probe_times) / ((high - low) * ordinary_off)
+    raw = {name: statistics.median(sum(run) for run in runs) for name, runs in windows.items()}
+    return {
+        "overhead": sum(batch["on"]) / sum(batch["off"]) - 1,
+        "per_step_overhead": per_step,
+        "probe_overhead": probe_extra,
+        "decomposed_overhead": per_step + probe_extra,
+        "raw_window_overhead": raw["on"] / raw["off"] - 1,
+        "whole_run_overhead": statistics.median(fits["on"]) / statistics.median(fits["off"]) - 1,
+        "probe_batch_vs_plain_batch": statistics.median(probe_times) / ordinary_off,
+        "plain_batch_ms": 1e3 * ordinary_off,
+        "probe_batch_ms": 1e3 * statistics.median(probe_times),
+        "window": [low, high],
+        "probe_batches": probe_batches,
+        "max_steps": max_steps,
+        "runs_per_variant": repeats,
+        "fit_on_s": statistics.median(fits["on"]),
+        "fit_off_s": statistics.median(fits["off"]),
+    }
+
+
+# --- length scaling and denormals --------------------------------------------------------------------
+
+
+def bench_lengths(sizes: BenchSizes, device: torch.device, repeats: int) -> dict[str, dict[str, float]]:
+    """Plain LSTM step time and activation memory at each T, per step of T relative to the middle T."""
+    model = make_model("lstm", sizes.hidden, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    steps = {}
+    for length in sizes.lengths:
+        inputs, targets = adding_batch(length, sizes.batch, device)
+        steps[str(length)], _ = step_functions(model, optimizer, inputs, targets)
+    medians = interleaved_timings(steps, repeats, device).medians
+    saved = {length: saved_activation_bytes(run) for length, run in steps.items()}
+    peak = (
+        {length: peak_cuda_bytes(run, device) for length, run in steps.items()}
+        if device.type == "cuda"
+        else {}
+    )
+    reference = str(sizes.lengths[len(sizes.lengths) // 2])
+    results = {}
+    for length in steps:
+        scale = int(reference) / int(length)
+        row = {
+            "step_ms": 1e3 * medians[length],
+            "time_per_step_vs_reference": medians[length] / medians[reference] * scale,
+            "saved_mb": saved[length] / 2**20,
+            "memory_per_step_vs_reference": saved[length] / saved[reference] * scale,
+        }
+        if peak:
+            row["peak_cuda_mb"] = peak[length] / 2**20
+            row["peak_memory_per_step_vs_reference"] = peak[length] / peak[reference] * scale
+        results[length] = row
+    return results
+
+
+def bench_denormal(sizes: BenchSizes, device: torch.device, repeats: int) -> dict[str, dict[str, Any]]:
+    """A vanishing model (ρ = 0.5) over a healthy one (ρ = 1), flush-to-zero on and off.
+
+    Recurrent blocks orthogonal, rescaled to spectral radius ρ (``model.init.spectral_radius``);
+    the LSTM keeps the config's forget-gate bias 1. SGD with lr 0 keeps ρ fixed across rounds.
+    Per cell, the plain step and the probed step (``auto`` route) of both models, with and
+    without flush-to-zero (CPU only), are timed in one interleaved set (each variant sets the
+    flush mode it needs), so all eight see the same machine. ``slowdown`` = vanishing / healthy
+    plain step with flush-to-zero (rnnflow's default); ``*_without_flush`` the same without;
+    ``probed_*`` the same for the probed step. ``*_log10_ratio``, ``*_zero_steps``: each model's
+    gradient profile, to show that it vanishes (None: ‖∂L/∂h_0‖ underflowed to 0).
+    """
+    inputs, targets = adding_batch(sizes.steps, sizes.batch, device)
+    flush_modes = (True, False) if device.type == "cpu" else (True,)
+    results = {}
+    for cell in ("rnn", "lstm"):
+        variants: dict[str, Callable[[], None]] = {}
+        row: dict[str, Any] = {}
+        for name, radius in (("vanishing", 0.5), ("healthy", 1.0)):
+            init: dict[str, Any] = {"recurrent": "orthogonal", "spectral_radius": radius}
+            if cell == "lstm":
+                init["forget_bias"] = 1.0
+            model = make_model(cell, sizes.hidden, device, init)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+            torch.set_flush_denormal(True)
+            row.update({f"{name}_{k}": v for k, v in _vanishing_profile(model, inputs, targets).items()})
+            plain, probed = step_functions(model, optimizer, inputs, targets)
+            for flush in flush_modes:
+                suffix = "" if flush else "_without_flush"
+                for kind, run in (("plain", plain), ("probed", probed("auto"))):
+                    variants[f"{kind}_{name}{suffix}"] = _with_flush(run, flush)
+        medians = interleaved_timings(variants, repeats, device).medians
+        torch.set_flush_denormal(True)
+        for flush in flush_modes:
+            suffix = "" if flush else "_without_flush"
+            for kind in ("plain", "probed"):
+                prefix = "" if kind == "plain" else "probed_"
+                healthy, vanishing = medians[f"{kind}_healthy{suffix}"], medians[f"{kind}_vanishing{suffix}"]
+                row[f"{prefix}slowdown{suffix}"] = vanishing / healthy
+                row[f"{prefix}healthy_ms{suffix}"] = 1e3 * healthy
+                row[f"{prefix}vanishing_ms{suffix}"] = 1e3 * vanishing
+        results[cell] = row
+    return results
+
+
+def _with_flush(run: Callable[[], None], flush: bool) -> Callable[[], None]:
+    def wrapped() -> None:
+        torch.set_flush_denormal(flush)
+        run()
+
+    return wrapped
+
+
+def _vanishing_profile(model: RecurrentNet, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+    """log10(‖∂L/∂h_0‖ / ‖∂L/∂h_{T-1}‖) (None where it underflowed to 0) and the steps with norm 0."""
+    probe = GradientFlowProbe()
+    nn.functional.mse_loss(model(inputs, layer_call=probe.layer_call).squeeze(-1), targets).backward()
+    model.zero_grad(set_to_none=True)
+    norms = probe.gradient_flow()[0].hidden.double()
+    ratio = float(torch.log10(norms[0] / norms[-1]))
+    return {"log10_ratio": ratio if math.isfinite(ratio) else None, "zero_steps": int((norms == 0).sum())}
