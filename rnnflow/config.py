@@ -100,6 +100,11 @@ def _check_model(c: _Checker) -> None:
 
 
 def _check_task(c: _Checker) -> None:
+    """``task.*``: the name, the shared sizes, then the task's own keys and their consistency.
+
+    The task class checks its own parameters (``rnnflow.tasks``; e.g. ``task.variant``, ``task.bits``,
+    ``task.n_copy <= task.seq_len``) with messages in the same one-line form, naming the key.
+    """
     c.choice("task.name", sorted(TASKS))
     c.integer("task.seq_len", 1)
     c.integer("task.batch_size", 1)
@@ -108,12 +113,10 @@ def _check_task(c: _Checker) -> None:
     name = params.pop("name")
     for key in ("batch_size", "val_batches"):
         params.pop(key, None)
-    try:  # the task checks its own parameters and their consistency, naming the key
+    try:
         build_task(name, **params)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    except TypeError as error:  # an unknown task key
-        raise ConfigError(f"task.{name}: {error}") from None
 
 
 def _check_training(c: _Checker) -> None:

@@ -12,8 +12,9 @@ Loss: cross-entropy over all ``T + 20`` steps. Trivial baseline: a memoryless pr
 outputs blank for the first ``T + 10`` steps (loss 0) and the uniform distribution over
 the 8 symbols for the last 10, giving ``10 · ln 8 / (T + 20)``.
 
-Metric ``accuracy``: the fraction of the 10 recalled symbols predicted correctly; solved when
-``accuracy ≥ 0.99``.
+Metric ``accuracy``: the fraction of the 10 recalled symbols predicted correctly. Solved when
+``accuracy ≥ 0.99`` (Arjovsky et al. report the cross-entropy only; a model whose loss merely drops
+below the baseline may still recall few symbols, so the criterion is on the recall itself).
 
 Shapes: inputs ``(B, T + 20)`` long, targets ``(B, T + 20)`` long, output ``(B, T + 20, 10)``.
 """
@@ -24,7 +25,7 @@ import math
 
 import torch
 
-from rnnflow.tasks.base import SyntheticTask, TaskBatch
+from rnnflow.tasks.base import SOLVED_ACCURACY, SyntheticTask, TaskBatch
 
 N_SYMBOLS = 8
 BLANK = 8
@@ -39,6 +40,7 @@ class CopyTask(SyntheticTask):
     output_size = 10
     readout = "all"
     has_accuracy = True
+    criterion = f"accuracy >= {SOLVED_ACCURACY} on the recalled symbols"
 
     @property
     def total_len(self) -> int:
@@ -65,4 +67,4 @@ class CopyTask(SyntheticTask):
         return {"accuracy": (recalled == targets[:, -N_RECALL:]).float().mean()}
 
     def solved(self, val_loss: float, metrics: dict[str, float]) -> bool:
-        return metrics.get("accuracy", 0.0) >= 0.99
+        return metrics.get("accuracy", 0.0) >= SOLVED_ACCURACY

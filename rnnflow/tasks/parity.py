@@ -1,10 +1,17 @@
-"""Parity (Hochreiter & Schmidhuber 1997; Bengio et al. 1994's latch-like bit problems).
+"""Parity (the parity problem of Bengio, Simard & Frasconi 1994; Hochreiter & Schmidhuber 1996).
 
-Input: T bits ``b_t ∈ {0, 1}`` (one float feature per step). Target: ``b_0 ⊕ b_1 ⊕ … ⊕ b_{T-1}``,
-read out at the last step. Every bit matters, the first as much as the last: the gradient of the
-loss must reach back all T steps.
+Encoding: T bits ``b_t ∈ {0, 1}``, uniform and independent, one float feature per step.
 
-Cross-entropy over 2 classes; trivial baseline ``ln 2``; solved when accuracy ≥ 0.99.
+Target: ``b_0 ⊕ b_1 ⊕ … ⊕ b_{T-1}`` (XOR of all bits, i.e. ``Σ_t b_t mod 2``), read out at the last
+step. Every bit matters, the first as much as the last: the gradient must reach back all T steps.
+Loss: cross-entropy over 2 classes.
+
+Trivial baseline: any T - 1 of the bits leave the parity uniform, so without the whole sequence
+the best guess is ½/½: ``ln 2``. Solved when accuracy ≥ 0.99. (Hochreiter & Schmidhuber, "Bridging
+long time lags by weight guessing and LSTM", 1996, show that short parity problems are solved
+faster by random weight guessing than by the gradient methods they were used to promote.)
+
+Shapes: inputs ``(B, T, 1)`` float, targets ``(B,)`` long, output ``(B, 2)``.
 """
 
 from __future__ import annotations
