@@ -10,6 +10,8 @@ Examples::
 Returns the value of ``optimized_metric`` (default ``val/loss``) so Hydra sweepers can use it.
 A bad config value exits with status 2 and one line naming the key. In a sweep, a failing job
 is recorded in its ``failure.txt`` and the sweep goes on (see :mod:`rnnflow.training.sweep`).
+SIGTERM or Ctrl-C stops before the next batch, saves ``checkpoints/last.ckpt`` and exits with
+status 143 or 130 (a sweep stops there; see :mod:`rnnflow.training.interrupt`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from rnnflow.config import ConfigError
+from rnnflow.training.interrupt import interrupt_exit_status
 from rnnflow.training.run import train
 from rnnflow.training.sweep import record_failure
 
@@ -36,6 +40,8 @@ def main(cfg: DictConfig) -> float | None:
     job_number = hydra_cfg.job.num if multirun else None
     try:
         metrics = train(cfg, multirun=multirun, job_number=job_number)
+    except SIGTERMException as stop:  # checkpoint saved (InterruptCheckpoint): stop, say so in the status
+        sys.exit(interrupt_exit_status(stop))
     except ConfigError as error:
         message = f"rnnflow: invalid config: {error}"
         if not multirun:
@@ -43,7 +49,10 @@ def main(cfg: DictConfig) -> float | None:
             sys.exit(2)
         record_failure(Path(hydra_cfg.runtime.output_dir), message)
         return math.nan
-    except Exception:
+    except Exception as error:
+        status = interrupt_exit_status(error)  # a ddp_spawn worker that stopped on SIGTERM/Ctrl-C
+        if status is not None:
+            sys.exit(status)
         if not multirun:
             raise
         record_failure(Path(hydra_cfg.runtime.output_dir), traceback.format_exc())

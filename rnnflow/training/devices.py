@@ -1,42 +1,112 @@
 """Launch checks and device placement of a job, decided before anything is built.
 
-* A Hydra sweep (``-m``) with ``strategy: ddp`` is refused: Lightning relaunches
-  ``sys.argv`` for every extra rank, and the relaunched process re-runs the whole sweep
-  (DESIGN fact 8). Sweeps whose jobs use several devices use ``ddp_spawn``.
+* A Hydra sweep (``-m``) whose jobs use plain ``strategy: ddp`` on several processes is
+  refused: Lightning relaunches ``sys.argv`` for every extra rank, and the relaunched
+  process re-runs the whole sweep (DESIGN fact 8). Sweeps whose jobs use several devices
+  use ``ddp_spawn``. A cluster that starts the ranks itself (SLURM through Hydra's submitit
+  launcher, ``torchrun``) is fine: Lightning then relaunches nothing.
 * In a sweep on a machine with several GPUs, Hydra's launchers do not spread jobs over the
-  GPUs; a single-GPU job is pinned to GPU ``job number mod GPU count`` so that parallel jobs
-  (``hydra/launcher=parallel``) run on different GPUs.
+  GPUs. A job that uses ``d`` GPUs of ``n`` is given the contiguous group
+  ``g·d … g·d + d - 1`` with ``g = job number mod ⌊n / d⌋``, so that ``⌊n / d⌋`` parallel
+  jobs (``hydra/launcher=parallel``) run on disjoint GPUs.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from rnnflow.config import ConfigError
 
+GPU_ACCELERATORS = ("gpu", "cuda", "auto")
+
+
+def gpus_for_job(job_number: int, gpu_count: int, devices_per_job: int = 1) -> list[int]:
+    """GPU indices of sweep job ``job_number``: round-robin over groups of ``devices_per_job`` GPUs."""
+    if gpu_count < 1 or devices_per_job < 1:
+        raise ValueError("gpus_for_job needs at least one GPU and one device per job")
+    if devices_per_job > gpu_count:
+        raise ValueError(f"a job on {devices_per_job} GPUs does not fit on {gpu_count}")
+    group = job_number % (gpu_count // devices_per_job)
+    return list(range(group * devices_per_job, (group + 1) * devices_per_job))
+
 
 def gpu_for_job(job_number: int, gpu_count: int) -> int:
-    """The GPU index of sweep job ``job_number`` when jobs are spread round-robin over ``gpu_count``."""
-    if gpu_count < 1:
-        raise ValueError("gpu_for_job needs at least one GPU")
-    return job_number % gpu_count
+    """The GPU index of a one-GPU sweep job: ``job_number mod gpu_count``."""
+    return gpus_for_job(job_number, gpu_count)[0]
 
 
-def check_launch(cfg: DictConfig, multirun: bool) -> None:
+def device_count(devices: Any) -> int | None:
+    """How many devices ``trainer.devices`` asks for (None: ``-1``/``"auto"``, decided at run time)."""
+    if isinstance(devices, bool):
+        return None
+    if isinstance(devices, int):
+        return None if devices < 0 else devices
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        return len(devices)
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text.lstrip("-").isdigit():
+            return device_count(int(text))
+        if "," in text:
+            return len([part for part in text.split(",") if part.strip()])
+    return None
+
+
+def cluster_starts_ranks() -> bool:
+    """Whether the processes of this run were started by a cluster (SLURM tasks, torchrun)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    return SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
+
+
+def relaunches_argv(cfg: DictConfig, cluster_managed: bool = False) -> bool:
+    """Whether Lightning would re-run ``sys.argv`` for extra ranks (plain ddp, >1 process, no cluster)."""
     strategy = OmegaConf.select(cfg, "trainer.strategy", default="auto")
-    if multirun and strategy == "ddp":
-        raise ConfigError(
-            "trainer.strategy='ddp': expected ddp_spawn (or one device per job) in a sweep (-m); "
-            "plain ddp relaunches the whole sweep on every rank"
-        )
+    if strategy != "ddp" or cluster_managed:
+        return False
+    devices = device_count(OmegaConf.select(cfg, "trainer.devices", default=1))
+    nodes = OmegaConf.select(cfg, "trainer.num_nodes", default=1) or 1
+    return devices is None or devices * nodes > 1
 
 
-def pin_job_to_gpu(cfg: DictConfig, job_number: int, gpu_count: int) -> int | None:
-    """In a sweep, set ``trainer.devices = [k]`` for a one-GPU job; returns k (None if not pinned)."""
+def plain_ddp_sweep_message(cfg: DictConfig) -> str:
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    return (
+        f"trainer.strategy='ddp' with trainer.devices={devices!r}: expected trainer=ddp_spawn (or "
+        "trainer.devices=1) in a sweep (-m); plain ddp relaunches the whole sweep on every rank"
+    )
+
+
+def check_launch(cfg: DictConfig, multirun: bool, cluster_managed: bool | None = None) -> None:
+    """Raise :class:`ConfigError` for a sweep job that would relaunch the sweep (plain multi-process ddp)."""
+    if not multirun:
+        return
+    if cluster_managed is None:
+        cluster_managed = cluster_starts_ranks()
+    if relaunches_argv(cfg, cluster_managed):
+        raise ConfigError(plain_ddp_sweep_message(cfg))
+
+
+def pin_job_to_gpu(
+    cfg: DictConfig, job_number: int, gpu_count: int, cluster_managed: bool | None = None
+) -> list[int] | None:
+    """In a sweep, set ``trainer.devices`` to this job's GPUs (:func:`gpus_for_job`); returns them.
+
+    Nothing is changed (None) on the CPU, with explicit GPU indices, ``devices: -1``/``auto``,
+    when a job takes all the GPUs, and where a cluster assigns the devices (SLURM, torchrun).
+    """
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="cpu")
     devices = OmegaConf.select(cfg, "trainer.devices", default=1)
-    if accelerator not in ("gpu", "cuda", "auto") or devices != 1 or gpu_count < 2:
+    if accelerator not in GPU_ACCELERATORS or isinstance(devices, bool) or not isinstance(devices, int):
         return None
-    index = gpu_for_job(job_number, gpu_count)
-    cfg.trainer.devices = [index]
-    return index
+    if devices < 1 or devices * 2 > gpu_count:
+        return None
+    if cluster_managed is None:
+        cluster_managed = cluster_starts_ranks()
+    if cluster_managed:
+        return None
+    indices = gpus_for_job(job_number, gpu_count, devices)
+    cfg.trainer.devices = indices
+    return indices

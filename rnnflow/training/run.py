@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rnnflow.config import ConfigError, validate_config
+from rnnflow.config import validate_config
 from rnnflow.training.build import build_datamodule, build_module, build_task_from_config, build_trainer
 from rnnflow.training.devices import check_launch, pin_job_to_gpu
 from rnnflow.training.resume import ContinuousResumeStep
+from rnnflow.training.resume_dir import resume_run_dir
 from rnnflow.training.run_end import HParamsSummary, ValidateAtEnd
-
-
-def resume_run_dir(ckpt_path: str | None) -> Path | None:
-    """The run dir a checkpoint belongs to (``<run>/checkpoints/<name>.ckpt``), if it has one.
-
-    A resumed run writes into that dir, so that TensorBoard shows the original and the resumed
-    part as one run (a new event file in the same ``tb/``) and ``last.ckpt`` stays in one place.
-    """
-    if ckpt_path is None:
-        return None
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path!r}: expected an existing checkpoint file")
-    run_dir = path.parent.parent
-    return run_dir if path.parent.name == "checkpoints" and (run_dir / "tb").is_dir() else None
 
 
 def train(cfg: DictConfig, multirun: bool = False, job_number: int | None = None) -> dict[str, float]:
@@ -38,7 +23,9 @@ def train(cfg: DictConfig, multirun: bool = False, job_number: int | None = None
     """
     validate_config(cfg)
     check_launch(cfg, multirun)
-    run_dir = resume_run_dir(cfg.get("ckpt_path"))
+    # A resume continues its checkpoint's run dir (same TensorBoard run) unless it is a branch.
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+    run_dir = resume_run_dir(cfg.get("ckpt_path"), overrides)
     if run_dir is not None:
         cfg.paths.output_dir = str(run_dir)
     if multirun and job_number is not None and torch.cuda.is_available():

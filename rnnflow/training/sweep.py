@@ -4,6 +4,10 @@ In a sweep (``-m``) a job whose training raises does not stop the others: the jo
 its traceback to ``<job dir>/failure.txt`` and returns NaN to the sweeper. At the end of the
 sweep :class:`SweepFailureSummary` (a Hydra callback) lists the failed jobs with the last
 line of their error and exits with status 1. A single run still fails loudly.
+
+:class:`SweepLaunchCheck` refuses, before the first job, a sweep whose jobs would use plain
+multi-process ``ddp`` (DESIGN fact 8; see :mod:`rnnflow.training.devices`): one line, exit 2.
+Sweeps that choose the strategy per job (``trainer=ddp,ddp_spawn``) are checked in each job.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from rnnflow.training.devices import plain_ddp_sweep_message, relaunches_argv
 
 FAILURE_FILE = "failure.txt"
 
@@ -44,3 +50,12 @@ class SweepFailureSummary(Callback):
         for job, reason in failures:
             print(f"  {job}: {reason}", file=sys.stderr)
         raise SystemExit(1)
+
+
+class SweepLaunchCheck(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
+        # Hydra's submitit launcher starts one SLURM task per device: Lightning relaunches nothing.
+        if relaunches_argv(config, cluster_managed="submitit" in launcher.lower()):
+            print(f"rnnflow: invalid config: {plain_ddp_sweep_message(config)}", file=sys.stderr)
+            raise SystemExit(2)

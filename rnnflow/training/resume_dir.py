@@ -1,0 +1,76 @@
+"""Where a resumed run writes: into its checkpoint's run dir, when it continues that experiment.
+
+``ckpt_path=<run>/checkpoints/last.ckpt`` resumes the run in ``<run>``: the logger writes a new
+event file into ``<run>/tb`` (TensorBoard shows one run whose steps continue) and
+``last.ckpt`` is updated in place. Hydra's own output dir of the resuming command keeps only
+its ``.hydra/`` record and log.
+
+That is right for a continuation, not for a branch. A resume whose overrides differ from the
+original run's (``<run>/.hydra/overrides.yaml``) in anything that defines the experiment
+(model, task, optim, clip, seed, ...) writes to its own run dir instead, so that several jobs
+branching off one checkpoint (``-m ckpt_path=... optim.lr=1e-3,1e-4``) do not overwrite the
+original run and each other. Run mechanics may change freely: ``trainer.*`` (``max_steps``,
+devices, precision, logging), ``diagnostics.*``, ``hydra.*``, ``paths.*``, ``debug``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from rnnflow.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+RUN_MECHANICS = (
+    "ckpt_path",
+    "trainer",
+    "diagnostics",
+    "hydra",
+    "paths",
+    "debug",
+    "cpu_flush_denormal",
+    "optimized_metric",
+)
+
+
+def experiment_overrides(overrides: Iterable[str]) -> set[str]:
+    """The overrides that define the experiment: every one but the run mechanics (``RUN_MECHANICS``)."""
+    kept = set()
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.split(".", 1)[0].split("/", 1)[0] not in RUN_MECHANICS:
+            kept.add(override.lstrip("+"))
+    return kept
+
+
+def resume_run_dir(ckpt_path: str | None, overrides: Iterable[str] | None = None) -> Path | None:
+    """The run dir a resume from ``ckpt_path`` writes into, or None for a run dir of its own.
+
+    ``<run>`` for a checkpoint ``<run>/checkpoints/<name>.ckpt`` of a run with a ``tb/`` dir,
+    unless ``overrides`` (the resuming command's) change the experiment of ``<run>``'s
+    recorded overrides. Raises :class:`ConfigError` if ``ckpt_path`` is not a file.
+    """
+    if ckpt_path is None:
+        return None
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path!r}: expected an existing checkpoint file")
+    run_dir = path.parent.parent
+    if path.parent.name != "checkpoints" or not (run_dir / "tb").is_dir():
+        return None
+    recorded = run_dir / ".hydra" / "overrides.yaml"
+    if overrides is not None and recorded.is_file():
+        original = experiment_overrides(OmegaConf.to_container(OmegaConf.load(recorded)))
+        changed = sorted(experiment_overrides(overrides) ^ original)
+        if changed:
+            log.warning(
+                "resuming with other experiment overrides than %s (%s): a branch, written to its own run dir",
+                run_dir,
+                " ".join(changed),
+            )
+            return None
+    return run_dir
