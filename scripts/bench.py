@@ -143,6 +143,7 @@ def print_report(figures: dict[str, Any], rows: list[tuple[str, float, str, str]
         f"load {env['load_before']} -> {env['load_after']}, {env['elapsed_s']:.0f} s"
     )
     print(f"sizes: {figures['sizes']}, repeats {figures['repeats']}")
+    print(f"load (1, 5, 15 min) as each section started: {env['load_at_section_start']}")
     print(f"\n{'figure':36s} {'value':>9s}  {'goal':>12s}  result")
     for name, value, goal, result in rows:
         print(f"{name:36s} {value:9.4f}  {goal:>12s}  {result}")
@@ -164,12 +165,19 @@ def print_report(figures: dict[str, Any], rows: list[tuple[str, float, str, str]
             )
     if "profile" in figures:
         profile = figures["profile"]
-        print(f"\nprofile of a probed {profile['cell']} step: phases (ms) {profile['phases_ms']}")
-        for row in profile["top_ops"]:
+        print(
+            f"\nprofile (self CPU time, ms/step) of a {profile['cell']} step, probe route {profile['route']}:"
+        )
+        for name, row in profile["phases"].items():
             print(
-                f"  {row['op'][:44]:44s} self {row['self_cpu_ms_per_step']:8.2f} ms  "
-                f"total {row['cpu_ms_per_step']:8.2f} ms  calls {row['calls_per_step']:g}"
+                f"  {name}: plain {row['plain_ms']:.1f}, probed {row['probed_ms']:.1f}; largest differences:"
             )
+            for op in row["top_extra_ops"]:
+                if abs(op["extra_ms"]) >= 0.05:
+                    print(
+                        f"    {op['op'][:46]:46s} {op['plain_ms']:8.1f} -> {op['probed_ms']:8.1f} "
+                        f"({op['extra_ms']:+7.1f}, {op['probed_calls']:g} calls)"
+                    )
     if "lightning" in figures:
         row = figures["lightning"]
         print(
@@ -253,34 +261,41 @@ def main() -> None:
     )
 
     figures: dict[str, Any] = {}
+    section_load: dict[str, Any] = {}
+
+    def announce(section: str) -> None:
+        """Print progress and note the load average as the section starts (a noise indicator)."""
+        section_load[section] = load_average()
+        print(f"{section} ... (load {section_load[section]})", flush=True)
+
     with tempfile.TemporaryDirectory(prefix="rnnflow-bench-") as workdir:
         if "probe" in sections:
-            print("probe vs plain ...", flush=True)
+            announce("probe vs plain")
             figures["probe"] = bench_probe(sizes, device, repeats)
             figures["probe_vs_plain"] = figures["probe"]["lstm"]["auto_vs_plain"]
             figures["amortized_overhead"] = (figures["probe_vs_plain"] - 1) / every_n_steps
         if "phases" in sections:
-            print("probe phases ...", flush=True)
+            announce("probe phases")
             figures["probe_phases"] = probe_phases(sizes, device, repeats)
         if args.profile:
-            print("profile ...", flush=True)
+            announce("profile")
             figures["profile"] = profile_probed_step(sizes, device)
         if "lightning" in sections:
-            print("Lightning vs raw loop ...", flush=True)
+            announce("Lightning vs raw loop")
             figures["lightning"] = bench_lightning_vs_raw(sizes, device, repeats, Path(workdir))
             figures["lightning_vs_raw"] = figures["lightning"]["throughput_ratio"]
         if "amortized" in sections:
-            print("measured diagnostics overhead ...", flush=True)
+            announce("measured diagnostics overhead")
             runs = 1 if args.quick else max(2, math.ceil(repeats / 2))
             figures["amortized"] = bench_amortized_measured(sizes, device, runs, Path(workdir))
             figures["amortized_overhead_measured"] = figures["amortized"]["overhead"]
         if "lengths" in sections:
-            print("length scaling ...", flush=True)
+            announce("length scaling")
             figures["length_scaling"] = bench_lengths(sizes, device, repeats)
             figures["step_ms_by_T"] = {t: row["step_ms"] for t, row in figures["length_scaling"].items()}
             figures["saved_mb_by_T"] = {t: row["saved_mb"] for t, row in figures["length_scaling"].items()}
         if "denormal" in sections:
-            print("denormals ...", flush=True)
+            announce("denormals")
             figures["denormal"] = bench_denormal(sizes, device, repeats)
             figures["denormal_slowdown"] = max(row["slowdown"] for row in figures["denormal"].values())
             if device.type == "cpu":
@@ -300,6 +315,7 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load_before": load_before,
         "load_after": load_average(),
+        "load_at_section_start": section_load,
         "elapsed_s": time.perf_counter() - started,
     }
     rows = table_rows(figures, device)

@@ -219,55 +219,84 @@ def probe_phases(
 
 
 def profile_probed_step(
-    sizes: BenchSizes, device: torch.device, cell: str = "lstm", route: str = "auto", top: int = 15
+    sizes: BenchSizes,
+    device: torch.device,
+    cell: str = "lstm",
+    route: str = "auto",
+    top: int = 8,
+    steps: int = 3,
 ) -> dict[str, Any]:
-    """torch.profiler over two probed steps: the ``top`` operators by self time (ms per step)."""
-    from torch.profiler import ProfilerActivity, profile, record_function
+    """torch.profiler, phase by phase, of a plain and a probed step: where the probe's extra time goes.
+
+    Each phase (forward, backward, gradient_flow, optimizer) of ``steps`` plain and ``steps``
+    probed steps runs under its own profiler. Per phase: the summed self time of its operators
+    (ms per step, plain and probed) and the ``top`` operators by extra self time (probed −
+    plain). Self time is CPU time; on a GPU also the device's self time.
+    """
+    from torch.profiler import ProfilerActivity, profile
 
     inputs, targets = adding_batch(sizes.steps, sizes.batch, device)
     model = make_model(cell, sizes.hidden, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    steps = 2
-
-    def run() -> None:
-        probe = GradientFlowProbe(route=route)
-        optimizer.zero_grad(set_to_none=True)
-        with record_function("phase:forward"):
-            loss = nn.functional.mse_loss(model(inputs, layer_call=probe.layer_call).squeeze(-1), targets)
-        with record_function("phase:backward"):
-            loss.backward()
-        with record_function("phase:gradient_flow"):
-            probe.gradient_flow()
-        with record_function("phase:optimizer"):
-            optimizer.step()
-
-    run()  # warm-up
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for _ in range(steps):
-            run()
-        clock(device)
-    averages = prof.key_averages()
-    device_time = "self_device_time_total" if device.type == "cuda" else None
-    phases = {
-        e.key.removeprefix("phase:"): e.cpu_time_total / 1e3 / steps
-        for e in averages
-        if e.key.startswith("phase:")
-    }
-    ops = [e for e in averages if not e.key.startswith("phase:")]
-    ops.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
-    rows = []
-    for event in ops[:top]:
-        row = {
-            "op": event.key,
-            "calls_per_step": event.count / steps,
-            "self_cpu_ms_per_step": event.self_cpu_time_total / 1e3 / steps,
-            "cpu_ms_per_step": event.cpu_time_total / 1e3 / steps,
+    gpu = device.type == "cuda"
+    # totals[variant][phase][op] = [self cpu us, self device us, calls]
+    totals: dict[str, dict[str, dict[str, list[float]]]] = {"plain": {}, "probed": {}}
+
+    def phase(variant: str, name: str, work: Callable[[], Any]) -> Any:
+        with profile(activities=activities) as prof:
+            result = work()
+            clock(device)
+        table = totals[variant].setdefault(name, {})
+        for event in prof.key_averages():
+            row = table.setdefault(event.key, [0.0, 0.0, 0.0])
+            row[0] += event.self_cpu_time_total
+            row[1] += getattr(event, "self_device_time_total", 0.0) if gpu else 0.0
+            row[2] += event.count
+        return result
+
+    def step(variant: str, profiled: bool) -> None:
+        probe = GradientFlowProbe(route=route) if variant == "probed" else None
+        layer_call = probe.layer_call if probe is not None else None
+
+        def run(name: str, work: Callable[[], Any]) -> Any:
+            return phase(variant, name, work) if profiled else work()
+
+        optimizer.zero_grad(set_to_none=True)
+        loss = run(
+            "forward",
+            lambda: nn.functional.mse_loss(model(inputs, layer_call=layer_call).squeeze(-1), targets),
+        )
+        run("backward", loss.backward)
+        run("gradient_flow", probe.gradient_flow if probe is not None else (lambda: None))
+        run("optimizer", optimizer.step)
+
+    step("plain", False), step("probed", False)  # warm-up
+    for _ in range(steps):
+        step("plain", True), step("probed", True)
+    phases: dict[str, Any] = {}
+    for name in PHASES:
+        plain, probed = totals["plain"].get(name, {}), totals["probed"].get(name, {})
+        ops = []
+        for op in set(plain) | set(probed):
+            a, b = plain.get(op, [0.0, 0.0, 0.0]), probed.get(op, [0.0, 0.0, 0.0])
+            row = {
+                "op": op,
+                "plain_ms": a[0] / 1e3 / steps,
+                "probed_ms": b[0] / 1e3 / steps,
+                "extra_ms": (b[0] - a[0]) / 1e3 / steps,
+                "probed_calls": b[2] / steps,
+            }
+            if gpu:
+                row["extra_device_ms"] = (b[1] - a[1]) / 1e3 / steps
+            ops.append(row)
+        ops.sort(key=lambda row: abs(row["extra_ms"]), reverse=True)
+        phases[name] = {
+            "plain_ms": sum(v[0] for v in plain.values()) / 1e3 / steps,
+            "probed_ms": sum(v[0] for v in probed.values()) / 1e3 / steps,
+            "top_extra_ops": ops[:top],
         }
-        if device_time is not None:
-            row["self_device_ms_per_step"] = getattr(event, device_time, 0.0) / 1e3 / steps
-        rows.append(row)
-    return {"cell": cell, "route": route, "phases_ms": phases, "top_ops": rows}
+    return {"cell": cell, "route": choose_route(fused_spec(model.layers[0]), device, route), "phases": phases}
 
 
 # --- Lightning runs ---------------------------------------------------------------------------------
