@@ -135,10 +135,14 @@ def test_nonfinite_never_overwrites_last_good_checkpoint(tmp_path):
     assert path.read_bytes() == b"good"
 
 
-def test_truncated_bptt_shows_the_truncation(tmp_path):
-    """Adding problem, T = 12, chunks of 5: only the last chunk (t = 10, 11) gets a gradient."""
+@pytest.mark.parametrize("model", ["rnn", "lstm", "gru"])
+def test_truncated_bptt_shows_the_truncation(tmp_path, model):
+    """Adding problem, T = 12, chunks of 5: only the last chunk (t = 10, 11) gets a gradient.
+
+    The first two chunks have no loss term, so their probed calls get no gradient at all.
+    """
     _, out = run(
-        tmp_path, "model=lstm", "tbptt.chunk=5", "trainer.max_steps=3", "diagnostics.every_n_steps=1"
+        tmp_path, f"model={model}", "tbptt.chunk=5", "trainer.max_steps=3", "diagnostics.every_n_steps=1"
     )
     tags = scalars(out)
     assert tags["grad_flow/layer0/horizon"][0][1] == 1

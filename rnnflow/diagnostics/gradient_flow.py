@@ -204,11 +204,12 @@ def total_hidden_gradients(
         direct = record.raw_output.grad
         direct = torch.zeros_like(u) if direct is None else _time_major(direct, spec.batch_first).to(dtype)
         extra = record.extra_input.grad
-        extra = (
-            torch.zeros_like(u[..., :1]) if extra is None else _time_major(extra, spec.batch_first).to(dtype)
-        )
+        if extra is None:  # no loss reached this call (e.g. a TBPTT chunk without targets)
+            extra = u.new_zeros(*u.shape[:-1], record.extra_input.size(-1))
+        else:
+            extra = _time_major(extra, spec.batch_first).to(dtype)
         # Gradient with respect to u_{t-1} that arrives through step t: (T-1, B, ·) for t = 1..T-1.
-        recurrent = extra[1:, :, :hidden] if extra.size(-1) >= hidden else torch.zeros_like(u[1:])
+        recurrent = extra[1:, :, :hidden]
         drive = direct.clone()
         prev = torch.cat([record.initial_hidden.to(dtype), u[:-1]])  # u_{t-1}, (T, B, H)
         if spec.cell == "gru":
