@@ -408,6 +408,7 @@ def test_inconsistent_task_config_fails_validation(overrides, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("case", CASES)
 def test_generates_on_the_gpu(case):

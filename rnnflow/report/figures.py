@@ -62,7 +62,8 @@ def profile_figure(
 def heatmap_figure(train_steps: Sequence[int], profiles: np.ndarray, title: str) -> Figure:
     """``profiles`` ``(P, bins)``: one binned profile per probe (rows = training steps)."""
     figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    relative = _log10(profiles) - _log10(profiles[:, -1:])
+    with np.errstate(invalid="ignore"):  # inf - inf where a probe had no finite gradient
+        relative = _log10(profiles) - _log10(profiles[:, -1:])
     relative = np.where(np.isfinite(relative), relative, np.nan)
     finite = relative[np.isfinite(relative)]
     low = float(np.percentile(finite, 2)) if finite.size else -1.0

@@ -96,7 +96,7 @@ class RecurrentTaskModule(L.LightningModule):
             return self._truncated_bptt_step(batch)
         layer_call = self.probe.layer_call if self.probe is not None else None
         loss = self.task.loss(self.model(batch.inputs, layer_call=layer_call), batch.targets)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch.inputs.size(0))
         return loss
 
     def _truncated_bptt_step(self, batch: TaskBatch) -> None:
@@ -121,7 +121,9 @@ class RecurrentTaskModule(L.LightningModule):
             self.configure_gradient_clipping(optimizer)
             optimizer.step()
         full = outputs[-1] if self.task.readout == "last" else torch.cat(outputs, dim=1)
-        self.log("train/loss", self.task.loss(full, batch.targets), prog_bar=True)
+        self.log(
+            "train/loss", self.task.loss(full, batch.targets), prog_bar=True, batch_size=batch.inputs.size(0)
+        )
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums: dict[str, float] = {}
@@ -131,7 +133,9 @@ class RecurrentTaskModule(L.LightningModule):
         outputs = self.model(batch.inputs)
         values = {"loss": self.task.loss(outputs, batch.targets), **self.task.metrics(outputs, batch.targets)}
         for name, value in values.items():
-            self.log(f"val/{name}", value, prog_bar=name in ("loss", "accuracy"))
+            self.log(
+                f"val/{name}", value, prog_bar=name in ("loss", "accuracy"), batch_size=batch.inputs.size(0)
+            )
             self._val_sums[name] = self._val_sums.get(name, 0.0) + float(value)
         self._val_batches += 1
 
