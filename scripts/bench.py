@@ -1,6 +1,7 @@
 """Benchmark: what rnnflow's training step and its gradient-flow probes cost, side by side.
 
     python scripts/bench.py [--device cpu|cuda] [--repeats 5] [--quick] [--json bench.json] [--profile]
+                            [--only probe,phases,...] [--cells lstm,...]
 
 Every comparison runs its variants in this one process, interleaved (A B, B A, …, after a
 warm-up), and reports medians, so that drift and other processes hit every variant alike.
@@ -40,6 +41,7 @@ from typing import Any
 import torch
 
 from rnnflow.bench.suite import (
+    CELLS,
     BenchSizes,
     bench_amortized_measured,
     bench_denormal,
@@ -242,10 +244,18 @@ def main() -> None:
     parser.add_argument(
         "--only", default=",".join(SECTIONS), help=f"comma-separated sections to run ({', '.join(SECTIONS)})"
     )
+    parser.add_argument(
+        "--cells",
+        default=",".join(CELLS),
+        help=f"comma-separated cells of the probe section ({', '.join(CELLS)})",
+    )
     args = parser.parse_args()
     sections = set(args.only.split(","))
     if unknown := sections - set(SECTIONS):
         parser.error(f"unknown sections {sorted(unknown)}")
+    if unknown := set(args.cells.split(",")) - set(CELLS):
+        parser.error(f"unknown cells {sorted(unknown)}")
+    cells = tuple(cell for cell in CELLS if cell in args.cells.split(","))
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
     device = torch.device(args.device)
@@ -271,9 +281,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rnnflow-bench-") as workdir:
         if "probe" in sections:
             announce("probe vs plain")
-            figures["probe"] = bench_probe(sizes, device, repeats)
-            figures["probe_vs_plain"] = figures["probe"]["lstm"]["auto_vs_plain"]
-            figures["amortized_overhead"] = (figures["probe_vs_plain"] - 1) / every_n_steps
+            figures["probe"] = bench_probe(sizes, device, repeats, cells)
+            if "lstm" in figures["probe"]:
+                figures["probe_vs_plain"] = figures["probe"]["lstm"]["auto_vs_plain"]
+                figures["amortized_overhead"] = (figures["probe_vs_plain"] - 1) / every_n_steps
         if "phases" in sections:
             announce("probe phases")
             figures["probe_phases"] = probe_phases(sizes, device, repeats)

@@ -15,6 +15,7 @@ import torch
 from reference_cells import UnrolledReference
 from torch import nn
 
+from rnnflow.diagnostics import gradient_flow
 from rnnflow.diagnostics.gradient_flow import GradientFlowProbe, probed_layer_call, total_hidden_gradients
 from rnnflow.diagnostics.profile_stats import decay_rate, log10_ratio
 from rnnflow.models import RecurrentNet
@@ -67,6 +68,27 @@ def test_total_hidden_gradient_matches_unrolled_reference(route, cell, nonlinear
             torch.testing.assert_close(dc, reference.cell_grads(index), rtol=1e-10, atol=1e-13)
         else:
             assert dc is None
+
+
+@pytest.mark.parametrize("block_steps", [1, 3, 5])
+def test_lstm_cell_gradient_across_blocks(monkeypatch, block_steps):
+    """The LSTM's ∂L/∂c pass runs in blocks of steps from the end; its scan crosses every block edge."""
+    net = _net("lstm", "tanh", 2, "all")
+    inputs = torch.randn(4, 13, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    monkeypatch.setattr(gradient_flow, "_BLOCK_ELEMENTS", block_steps * 4 * 7)  # B = 4, H = 7
+    reference = UnrolledReference()
+    _run(net, inputs, reference.layer_call)
+    records = {}
+
+    def probed(index, layer, x, state):
+        hidden, final, records[index] = probed_layer_call(layer, x, state, "extra_input")
+        return hidden, final
+
+    _run(net, inputs, probed)
+    for index in range(2):
+        dh, dc = total_hidden_gradients(records[index])
+        torch.testing.assert_close(dh, reference.hidden_grads(index), rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(dc, reference.cell_grads(index), rtol=1e-10, atol=1e-13)
 
 
 @pytest.mark.parametrize("route", ROUTES)

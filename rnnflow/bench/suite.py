@@ -136,11 +136,13 @@ def routes_for(cell: str) -> tuple[str, ...]:
     return ("extra_input", "adjoint") if cell != "gru" else ("extra_input",)
 
 
-def bench_probe(sizes: BenchSizes, device: torch.device, repeats: int) -> dict[str, dict[str, Any]]:
-    """Probed step over plain step, per cell, for ``auto`` and every explicit route."""
+def bench_probe(
+    sizes: BenchSizes, device: torch.device, repeats: int, cells: tuple[str, ...] = CELLS
+) -> dict[str, dict[str, Any]]:
+    """Probed step over plain step, per cell (of ``cells``), for ``auto`` and every explicit route."""
     inputs, targets = adding_batch(sizes.steps, sizes.batch, device)
     results: dict[str, dict[str, Any]] = {}
-    for cell in CELLS:
+    for cell in cells:
         model = make_model(cell, sizes.hidden, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         plain, probed = step_functions(model, optimizer, inputs, targets)

@@ -10,10 +10,11 @@ The total gradient of the loss with respect to a hidden state is
     ∂L/∂h_{t-1} = d_{t-1} + J_tᵀ ∂L/∂h_t ,
 
 where ``d_{t-1}`` is the *direct* gradient (from the head and the layer above, what
-``retain_grad()`` on the fused output gives) and ``J_tᵀ`` the step's transposed Jacobian.
+a gradient hook on the fused output sees) and ``J_tᵀ`` the step's transposed Jacobian.
 A fused kernel hides ``J_tᵀ ∂L/∂h_t``. We recover it exactly with a zero extra input
 ``e_t`` ``(B, K)`` whose input-weight block is a constant ``A`` ``(G·H, K)``
-(:func:`rnnflow.models.fused.run_fused`), so that after backward ``∂L/∂e_t = Aᵀ δ_t``:
+(input ``[x_t | e_t]``, input weights ``[W_ih | A]``), so that after backward
+``∂L/∂e_t = Aᵀ δ_t``:
 
 * rnn, lstm: ``A = W_hh`` (K = H) gives ``W_hhᵀ δ_t``, the whole recurrent term, so
   ``∂L/∂h_{t-1} = d_{t-1} + ∂L/∂e_t``.
@@ -21,15 +22,20 @@ A fused kernel hides ``J_tᵀ ∂L/∂h_t``. We recover it exactly with a zero e
   r_t ⊙ (W_hn h_{t-1} + b_hn))``, hence
   ``∂L/∂h_{t-1} = d_{t-1} + W_hrᵀ δ^r_t + W_hzᵀ δ^z_t + W_hnᵀ (δ^n_t ⊙ r_t) + z_t ⊙ ∂L/∂h_t``.
   ``A = [[W_hr, 0], [W_hz, 0], [0, I]]`` (K = 2H) gives ``(W_hrᵀ δ^r_t + W_hzᵀ δ^z_t, δ^n_t)``;
-  ``r_t, z_t`` are recomputed in one GEMM over all steps, and the ``z ⊙`` term is a
-  reverse linear scan.
+  ``r_t, z_t`` are recomputed over all steps (two GEMMs: the ``x`` and the ``h_{t-1}``
+  part), and the ``z ⊙`` term is a reverse linear scan.
 
 For the LSTM cell state (the "constant error carousel"), with ``c_t = f_t ⊙ c_{t-1} +
 i_t ⊙ g_t`` and ``h_t = o_t ⊙ tanh(c_t)``:
 
     ∂L/∂c_t = ∂L/∂h_t ⊙ o_t ⊙ (1 - tanh² c_t) + f_{t+1} ⊙ ∂L/∂c_{t+1},
 
-a reverse linear scan; ``f, o`` are recomputed in one GEMM and ``tanh c_t = h_t / o_t``.
+a reverse linear scan; ``f, o`` are recomputed (block by block of steps, two GEMMs each)
+and ``tanh c_t = h_t / o_t``.
+
+Everything runs in the fused kernels' own time-major layout ``(T, B, ·)``: the extra input
+is built there, the kernel is called time-major (its output is what a ``batch_first`` layer
+returns transposed anyway), and ``u_{t-1}`` for all t is then a contiguous slice of ``u``.
 
 The parameter gradients are those of the plain fused call (``A`` is a constant and ``e = 0``),
 up to float rounding in the input GEMM.
@@ -40,7 +46,8 @@ The reported profile is the Frobenius norm over batch and units,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,14 +57,60 @@ from rnnflow.models.fused import FusedSpec, State, fused_spec, initial_state, ru
 
 
 @dataclass
+class ProbeGradients:
+    """What the backward pass hands a probed call, time-major; None until it arrives.
+
+    References to autograd's own gradient tensors, taken by hooks: no ``retain_grad`` copy.
+    """
+
+    width: int  # K, the extra input's width
+    direct: torch.Tensor | None = None  # ∂L/∂u from above (head, next layer), (T, B, H)
+    extra: torch.Tensor | None = None  # ∂L/∂e = Aᵀ δ, (T, B, K)
+
+    def keep_direct(self, grad: torch.Tensor) -> None:
+        self.direct = grad
+
+
+@dataclass
 class ProbedLayer:
     """What one probed fused call keeps for the post-backward computation."""
 
     spec: FusedSpec
     inputs: torch.Tensor  # x, as fed to the layer
     initial_hidden: torch.Tensor  # u_{-1}, (1, B, H): the state the call started from
-    raw_output: torch.Tensor  # u (retains its grad: the direct gradient)
-    extra_input: torch.Tensor  # e (zeros; its grad is Aᵀ δ)
+    raw_output: torch.Tensor  # u, time-major (T, B, H)
+    gradients: ProbeGradients
+
+
+class _ZeroExtraInput(torch.autograd.Function):
+    """The fused call's input ``[x_t | e_t]`` with ``e = 0`` (width ``sink.width``), built time-major.
+
+    Time-major is the fused kernels' own layout, so the kernel neither copies this
+    ``(T, B, I+K)`` input nor transposes its gradient, and ``∂L/∂e`` is kept as a view of
+    the kernel's input gradient in ``sink.extra`` (no leaf tensor, no accumulation copy).
+    ``anchor`` is a zero-size leaf that requires grad: it makes autograd call this backward
+    even when ``x`` needs no gradient (a first layer).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        inputs: torch.Tensor,
+        anchor: torch.Tensor,
+        batch_first: bool,
+        sink: ProbeGradients,
+    ) -> torch.Tensor:
+        x = inputs.transpose(0, 1) if batch_first else inputs
+        combined = x.new_zeros(*x.shape[:-1], x.size(-1) + sink.width)
+        combined[..., : x.size(-1)] = x
+        ctx.size, ctx.batch_first, ctx.sink = x.size(-1), batch_first, sink
+        return combined
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        ctx.sink.extra = grad[..., ctx.size :]
+        grad_x = grad[..., : ctx.size]
+        return (grad_x.transpose(0, 1) if ctx.batch_first else grad_x), None, None, None
 
 
 @dataclass
@@ -93,9 +146,10 @@ PROBE_ROUTES = ("auto", "extra_input", "adjoint")
 def choose_route(spec: FusedSpec, device: torch.device, route: str = "auto") -> str:
     """``auto`` picks what ``scripts/bench.py`` measured to be cheaper on each device.
 
-    CPU, torch 2.13, 2 threads, T = 1000, H = 128, B = 64 (probed step / plain step): RNN
-    adjoint 0.8-1.0x vs extra input 1.4x; LSTM adjoint 1.6-1.7x vs extra input 1.5x (the
-    fused oneDNN backward is hard to beat from Python); GRU extra input 1.6-1.7x (no adjoint).
+    CPU, torch 2.13, 2 threads, T = 1000, H = 128, B = 64 (probed step / plain step, medians of
+    6 runs of 5-7 interleaved repeats, noisy machine): RNN adjoint 0.8-1.0x vs extra input
+    1.1-1.4x; LSTM adjoint 1.4-2.0x (median 1.7) vs extra input 1.2-1.5x (median 1.35; the
+    fused oneDNN backward is hard to beat from Python); GRU extra input 1.4-1.7x (no adjoint).
     On a GPU the extra input is one parallel GEMM beside cuDNN, while the adjoint's per-step
     loop would be launch-bound: ``auto`` = adjoint for the RNN on the CPU, extra input otherwise.
     """
@@ -121,12 +175,17 @@ def probed_layer_call(
         raw, final, record = adjoint_call(spec, inputs, start)
     else:
         block = _extra_block(spec)
-        extra = inputs.new_zeros(*inputs.shape[:-1], block.size(1), requires_grad=True)
-        raw, final = run_fused(spec, inputs, extra, block, state=start, raw_output=True)
+        sink = ProbeGradients(block.size(1))
+        anchor = inputs.new_empty(0, requires_grad=torch.is_grad_enabled())
+        combined = _ZeroExtraInput.apply(inputs, anchor, spec.batch_first, sink)
+        weights = [torch.cat([spec.weights[0], block], dim=1), *spec.weights[1:]]
+        time_major = replace(spec, weights=weights, batch_first=False)
+        raw, final = run_fused(time_major, combined, state=start, raw_output=True)
         if raw.requires_grad:
-            raw.retain_grad()
+            raw.register_hook(sink.keep_direct)
         start_hidden = start[0] if isinstance(start, tuple) else start
-        record = ProbedLayer(spec, inputs.detach(), start_hidden.detach(), raw, extra)
+        record = ProbedLayer(spec, inputs.detach(), start_hidden.detach(), raw, sink)
+        raw = raw.transpose(0, 1) if spec.batch_first else raw  # the layout nn.RNN returns too
     hidden = raw if spec.out_scale == 1.0 and spec.out_shift == 0.0 else raw * spec.out_scale + spec.out_shift
     return hidden, final, record
 
@@ -135,53 +194,107 @@ def _time_major(tensor: torch.Tensor, batch_first: bool) -> torch.Tensor:
     return tensor.transpose(0, 1) if batch_first else tensor
 
 
-def _gate_preactivations(
-    spec: FusedSpec, inputs: torch.Tensor, prev: torch.Tensor, gates: list[int]
-) -> torch.Tensor:
-    """``W_ih x_t + b_ih + W_hh u_{t-1} + b_hh`` of the listed gate blocks, all t in one GEMM.
+GateWeights = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 
-    ``inputs`` ``(T, B, I)``, ``prev`` ``(T, B, H)`` (``u_{t-1}``) → ``(T, B, len(gates)·H)``.
-    """
-    hidden, dtype = spec.hidden_size, inputs.dtype
-    rows = torch.cat([torch.arange(g * hidden, (g + 1) * hidden) for g in gates]).to(inputs.device)
+_BLOCK_ELEMENTS = 1 << 18
+"""Size of a ``(steps, B, H)`` block of the LSTM's cell-gradient pass (1 MiB in float32): the
+block's gates and temporaries stay in cache and their buffers are reused from block to block."""
+
+
+def _gate_weights(spec: FusedSpec, gates: list[int], dtype: torch.dtype) -> GateWeights:
+    """``(W_ih, W_hh, b_ih + b_hh or None)``, the rows of the listed gate blocks, in ``dtype``."""
+    hidden = spec.hidden_size
+    rows = torch.cat([torch.arange(g * hidden, (g + 1) * hidden) for g in gates]).to(spec.weights[0].device)
     w_ih, w_hh = (w.detach().to(dtype)[rows] for w in spec.weights[:2])
-    weight = torch.cat([w_ih, w_hh], dim=1)
-    stacked = torch.cat([inputs, prev], dim=-1).flatten(0, 1)
-    if spec.has_bias:
-        bias = (spec.weights[2].detach() + spec.weights[3].detach()).to(dtype)[rows]
-        gates_flat = torch.addmm(bias, stacked, weight.T)
+    bias = (spec.weights[2].detach() + spec.weights[3].detach()).to(dtype)[rows] if spec.has_bias else None
+    return w_ih, w_hh, bias
+
+
+def _gate_preactivations(
+    weights: GateWeights,
+    x: torch.Tensor,
+    u: torch.Tensor,
+    initial: torch.Tensor,
+    start: int,
+    stop: int,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """``W_ih x_t + b_ih + W_hh u_{t-1} + b_hh`` (the rows of ``weights``) for ``start ≤ t < stop``.
+
+    Time-major ``x`` ``(T, B, I)``, ``u`` ``(T, B, H)``, ``initial`` = ``u_{-1}`` ``(B, H)``;
+    written into ``out`` ``((stop - start)·B, R)`` by two GEMMs (the input part, then the
+    recurrent part added in place: no concatenated ``[x | u]`` copy), returned as
+    ``(stop - start, B, R)``.
+    """
+    w_ih, w_hh, bias = weights
+    batch = u.size(1)
+    inputs = x[start:stop].reshape(-1, x.size(-1))
+    if bias is None:
+        torch.mm(inputs, w_ih.T, out=out)
     else:
-        gates_flat = stacked @ weight.T
-    return gates_flat.view(*inputs.shape[:2], -1)
+        torch.addmm(bias, inputs, w_ih.T, out=out)
+    if start == 0:  # u_{-1} is the initial state
+        out[:batch].addmm_(initial, w_hh.T)
+        out[batch:].addmm_(u[: stop - 1].flatten(0, 1), w_hh.T)
+    else:
+        out.addmm_(u[start - 1 : stop - 1].flatten(0, 1), w_hh.T)
+    return out.view(stop - start, batch, -1)
 
 
-def _reverse_linear_scan(drive: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
-    """``y_t = drive_t + decay_{t+1} ⊙ y_{t+1}``, ``y_{T-1} = drive_{T-1}``; time-major ``(T, …)``.
+def _reverse_scan_(
+    values: torch.Tensor,
+    decay: torch.Tensor,
+    after: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """In place: ``y_t = values_t + decay_{t+1} ⊙ y_{t+1}`` over a time-major block ``(n, …)``.
 
-    A loop over ``unbind`` views: T small fused multiply-adds (indexing ``x[t]`` in a loop
+    ``after = (y_n, decay_n)``, the step after the block, continues a scan from a later block
+    (the block's last row gets ``decay_n ⊙ y_n``); without it ``y_{n-1} = values_{n-1}``.
+    A loop of in-place fused multiply-adds over ``unbind`` views (indexing ``x[t]`` in a loop
     that autograd records is O(T²), DESIGN fact 3; no autograd here, but unbind is as cheap).
     """
-    drives, decays = drive.unbind(0), decay.unbind(0)
-    out = [drives[-1]]
-    for t in range(len(drives) - 2, -1, -1):
-        out.append(torch.addcmul(drives[t], decays[t + 1], out[-1]))
-    return torch.stack(out[::-1])
+    rows, decays = values.unbind(0), decay.unbind(0)
+    if after is not None:
+        rows[-1].addcmul_(after[1], after[0])
+    for t in range(len(rows) - 2, -1, -1):
+        rows[t].addcmul_(decays[t + 1], rows[t + 1])
+    return values
 
 
 def _lstm_cell_grad(
-    spec: FusedSpec, x: torch.Tensor, u: torch.Tensor, prev: torch.Tensor, dh: torch.Tensor
+    spec: FusedSpec, x: torch.Tensor, u: torch.Tensor, initial: torch.Tensor, dh: torch.Tensor
 ) -> torch.Tensor:
     """``∂L/∂c_t`` for all t (time-major ``(T, B, H)``) from the states and ``∂L/∂h_t``.
 
     ``c_t`` itself is never needed: ``h_t = o_t ⊙ tanh(c_t)`` gives ``tanh(c_t) = h_t / o_t``
     (``o_t > 0``; where ``o_t`` underflows to 0, ``h_t = 0`` and the term vanishes), so
     ``o_t ⊙ (1 - tanh² c_t) = o_t - h_t ⊙ (h_t / o_t)``. Only the ``f`` and ``o`` gates are
-    recomputed (one GEMM), then one reverse linear scan.
+    recomputed. The pass runs block by block from the last step (blocks of about
+    ``_BLOCK_ELEMENTS``): per block, its ``f, o`` (two GEMMs), the drive
+    ``∂L/∂h_t ⊙ o_t (1 - tanh² c_t)`` written into the result, then the reverse scan
+    ``∂L/∂c_t = drive_t + f_{t+1} ⊙ ∂L/∂c_{t+1}`` through the block, continued from the block
+    after it.
     """
-    f, o = _gate_preactivations(spec, x, prev, [1, 3]).sigmoid_().chunk(2, dim=-1)
-    tiny = torch.finfo(o.dtype).tiny
-    through_tanh = o - u * (u / o.clamp_min(tiny))
-    return _reverse_linear_scan(dh * through_tanh, f)
+    steps, batch, hidden = u.shape
+    weights = _gate_weights(spec, [1, 3], u.dtype)
+    block = max(1, min(steps, _BLOCK_ELEMENTS // (batch * hidden)))
+    gates = u.new_empty(block * batch, 2 * hidden)
+    through_tanh, safe_o = u.new_empty(block, batch, hidden), u.new_empty(block, batch, hidden)
+    tiny = torch.finfo(u.dtype).tiny
+    dc = torch.empty_like(u)
+    after: tuple[torch.Tensor, torch.Tensor] | None = None
+    for stop in range(steps, 0, -block):
+        start = max(0, stop - block)
+        n = stop - start
+        preactivations = _gate_preactivations(weights, x, u, initial, start, stop, gates[: n * batch])
+        f, o = preactivations.sigmoid_().chunk(2, dim=-1)
+        drive = through_tanh[:n]
+        torch.div(u[start:stop], torch.clamp_min(o, tiny, out=safe_o[:n]), out=drive)  # tanh c_t
+        torch.addcmul(o, u[start:stop], drive, value=-1, out=drive)  # o_t - h_t tanh c_t
+        torch.mul(dh[start:stop], drive, out=dc[start:stop])
+        _reverse_scan_(dc[start:stop], f, after)
+        after = (dc[start], f[0].clone())  # f's buffer is the next block's
+    return dc
 
 
 def total_hidden_gradients(
@@ -189,7 +302,9 @@ def total_hidden_gradients(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """After backward: ``(∂L/∂h, ∂L/∂c or None)``, time-major ``(T, B, H)``, float32 or wider.
 
-    ``grad_scale`` divides out a loss scale (mixed precision's GradScaler).
+    ``grad_scale`` divides out a loss scale (mixed precision's GradScaler). Everything is
+    computed in the fused kernel's own time-major layout, where ``u_{t-1}`` for all t is a
+    contiguous slice of ``u``.
     """
     spec = record.spec
     if isinstance(record, AdjointRecord):
@@ -199,38 +314,40 @@ def total_hidden_gradients(
     # At least float32 (half-precision runs), float64 stays float64 (tests).
     dtype = torch.promote_types(record.raw_output.dtype, torch.float32)
     with torch.no_grad():
-        u = _time_major(record.raw_output.detach(), spec.batch_first).to(dtype)
+        u = record.raw_output.detach().to(dtype)
         x = _time_major(record.inputs, spec.batch_first).to(dtype)
-        direct = record.raw_output.grad
-        direct = torch.zeros_like(u) if direct is None else _time_major(direct, spec.batch_first).to(dtype)
-        extra = record.extra_input.grad
-        if extra is None:  # no loss reached this call (e.g. a TBPTT chunk without targets)
-            extra = u.new_zeros(*u.shape[:-1], record.extra_input.size(-1))
-        else:
-            extra = _time_major(extra, spec.batch_first).to(dtype)
-        # Gradient with respect to u_{t-1} that arrives through step t: (T-1, B, ·) for t = 1..T-1.
-        recurrent = extra[1:, :, :hidden]
-        drive = direct.clone()
-        prev = torch.cat([record.initial_hidden.to(dtype), u[:-1]])  # u_{t-1}, (T, B, H)
+        initial = record.initial_hidden[0].to(dtype)
+        # Gradients that never arrived (no loss reached this call, e.g. a TBPTT chunk without
+        # targets, or none reached the output) read as zeros.
+        gradients = record.gradients
+        zeros = u.new_zeros(()).expand(*u.shape[:-1], gradients.width)
+        direct = zeros[..., :hidden] if gradients.direct is None else gradients.direct
+        extra = zeros if gradients.extra is None else gradients.extra.to(dtype)
+        # ∂L/∂u_{t-1} = d_{t-1} + (Aᵀ δ_t)[:H]  (the recurrent term of step t), ∂L/∂u_{T-1} = d_{T-1}.
+        du = torch.empty_like(u)
+        torch.add(direct[:-1], extra[1:, :, :hidden], out=du[:-1])
+        du[-1] = direct[-1]
         if spec.cell == "gru":
-            r, z = _gate_preactivations(spec, x, prev, [0, 1]).sigmoid_().chunk(2, dim=-1)
+            steps, batch, _ = u.shape
+            buffer = u.new_empty(steps * batch, 2 * hidden)
+            weights = _gate_weights(spec, [0, 1], dtype)
+            r, z = _gate_preactivations(weights, x, u, initial, 0, steps, buffer).sigmoid_().chunk(2, dim=-1)
             w_hn = spec.weights[1].detach().to(dtype)[2 * hidden :]
-            drive[:-1] += recurrent + (extra[1:, :, hidden:] * r[1:]) @ w_hn
-            du = _reverse_linear_scan(drive, z)
-        else:
-            drive[:-1] += recurrent
-            du = drive
-        dc = _lstm_cell_grad(spec, x, u, prev, du) if spec.cell == "lstm" else None
+            du[:-1].view(-1, hidden).addmm_((extra[1:, :, hidden:] * r[1:]).flatten(0, 1), w_hn)
+            _reverse_scan_(du, z)
+        dc = _lstm_cell_grad(spec, x, u, initial, du) if spec.cell == "lstm" else None
         # h = s·u + c  ⇒  ∂L/∂h = ∂L/∂u / s.
-        dh = du / (spec.out_scale * grad_scale)
-        if dc is not None:
-            dc = dc / grad_scale
-    return dh, dc
+        scale = spec.out_scale * grad_scale
+        if scale != 1.0:
+            du /= scale
+        if dc is not None and grad_scale != 1.0:
+            dc /= grad_scale
+    return du, dc
 
 
 def frobenius_per_step(gradients: torch.Tensor) -> torch.Tensor:
-    """``(T, B, H)`` → ``(T,)``: ``‖·‖_F`` over batch and units at each step."""
-    return gradients.square().sum(dim=(1, 2)).sqrt()
+    """``(T, B, H)`` → ``(T,)``: ``‖·‖_F`` over batch and units at each step (no squared copy)."""
+    return torch.linalg.vector_norm(gradients, dim=(1, 2))
 
 
 @dataclass
