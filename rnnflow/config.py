@@ -68,6 +68,11 @@ class _Checker:
         if value not in accepted:
             self._fail(key, value, "one of " + ", ".join(accepted))
 
+    def flag(self, key: str) -> None:
+        value = _get(self.cfg, key)
+        if not isinstance(value, bool):
+            self._fail(key, value, "true or false")
+
     def rule(self, ok: bool, key: str, expected: str) -> None:
         if not ok:
             self._fail(key, _get(self.cfg, key), expected)
@@ -135,6 +140,8 @@ def _check_training(c: _Checker) -> None:
     c.choice("nonfinite.policy", NONFINITE_POLICIES)
     c.integer("nonfinite.max_consecutive", 1)
     c.integer("seed", 0)
+    c.flag("cpu_flush_denormal")
+    c.flag("cpu_keep_freed_memory")
 
 
 CHECKS: tuple[Callable[[_Checker], None], ...] = (_check_model, _check_task, _check_training)

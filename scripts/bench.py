@@ -24,6 +24,12 @@ a smoke test, not a measurement). Figures (ratios: > 1 means slower, unless stat
 * ``denormal_slowdown``: a vanishing model (ρ = 0.5) over a healthy one (ρ = 1), worst of
   rnn and lstm, with rnnflow's flush-to-zero. Goal ≤ 1.1. ``denormal_slowdown_without_flush``:
   the same with flush-to-zero off (why it is on).
+* ``host_memory_speedup`` (CPU, informational): a plain LSTM step with freed host memory
+  returned to the kernel (glibc's default) over one with it kept in the process (rnnflow's
+  default, ``cpu_keep_freed_memory``), and the minor page faults per step of each (why it is on).
+
+Every section runs with rnnflow's CPU defaults (flush-to-zero, freed memory kept) on both sides
+of each comparison, the hand-written loop included.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from rnnflow.bench.suite import (
     BenchSizes,
     bench_amortized_measured,
     bench_denormal,
+    bench_host_memory,
     bench_lengths,
     bench_lightning_vs_raw,
     bench_probe,
@@ -54,9 +61,10 @@ from rnnflow.bench.suite import (
     quiet_lightning,
 )
 from rnnflow.bench.timing import load_average
+from rnnflow.training.host_settings import apply_host_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("probe", "phases", "lightning", "amortized", "lengths", "denormal")
+SECTIONS = ("probe", "phases", "lightning", "amortized", "lengths", "denormal", "host_memory")
 
 
 def git_commit() -> str | None:
@@ -131,10 +139,9 @@ def table_rows(figures: dict[str, Any], device: torch.device) -> list[tuple[str,
                 "pass" if check(value, sense, goal, upper) else "FAIL",
             )
         )
-    if "denormal_slowdown_without_flush" in figures:
-        rows.append(
-            ("denormal_slowdown_without_flush", figures["denormal_slowdown_without_flush"], "(info)", "-")
-        )
+    for key in ("denormal_slowdown_without_flush", "host_memory_speedup"):
+        if key in figures:
+            rows.append((key, figures[key], "(info)", "-"))
     return rows
 
 
@@ -221,6 +228,13 @@ def print_report(figures: dict[str, Any], rows: list[tuple[str, float, str, str]
                 f"({row['vanishing_zero_steps']} steps at 0), healthy {row['healthy_log10_ratio']} "
                 f"({row['healthy_zero_steps']} at 0); " + "; ".join(parts)
             )
+    if figures.get("host_memory"):
+        row = figures["host_memory"]
+        print(
+            f"host memory, plain LSTM step: kept {row['kept_ms']:.0f} ms ({row['kept_faults_per_step']:.0f} "
+            f"page faults), returned to the kernel {row['returned_ms']:.0f} ms "
+            f"({row['returned_faults_per_step']:.0f} page faults): {row['speedup']:.2f}x"
+        )
 
 
 def finite(value: Any) -> Any:
@@ -260,7 +274,8 @@ def main() -> None:
         parser.error("--device cuda: no CUDA device available")
     device = torch.device(args.device)
     quiet_lightning()
-    torch.set_flush_denormal(True)  # rnnflow's default on the CPU (cpu_flush_denormal: true)
+    # rnnflow's CPU defaults (cpu_flush_denormal, cpu_keep_freed_memory), for every variant alike.
+    apply_host_settings(flush_denormal=True, keep_freed_memory=True)
     every_n_steps = default_every_n_steps()
     sizes = BenchSizes.for_device(device, args.quick, every_n_steps)
     repeats = max(1, args.repeats)
@@ -313,6 +328,11 @@ def main() -> None:
                 figures["denormal_slowdown_without_flush"] = max(
                     row["slowdown_without_flush"] for row in figures["denormal"].values()
                 )
+        if "host_memory" in sections and device.type == "cpu":
+            announce("host memory")
+            figures["host_memory"] = bench_host_memory(sizes, repeats)
+            if figures["host_memory"]:
+                figures["host_memory_speedup"] = figures["host_memory"]["speedup"]
 
     figures["every_n_steps"] = every_n_steps
     figures["sizes"] = sizes.as_dict()

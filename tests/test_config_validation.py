@@ -28,6 +28,8 @@ BAD_VALUES = [
     ("nonfinite.policy=ignore", "nonfinite.policy='ignore'", "skip, stop, raise"),
     ("diagnostics.every_n_steps=0", "diagnostics.every_n_steps=0", "integer >= 1 or null"),
     ("diagnostics.horizon_factor=2", "diagnostics.horizon_factor=2", "(0, 1)"),
+    ("cpu_keep_freed_memory=banana", "cpu_keep_freed_memory='banana'", "true or false"),
+    ("cpu_flush_denormal=1", "cpu_flush_denormal=1", "true or false"),
 ]
 
 

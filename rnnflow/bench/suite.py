@@ -18,6 +18,8 @@ target ``(B,)``, MSE), the model a one-layer :class:`rnnflow.models.RecurrentNet
 * :func:`bench_lengths`: plain step time and activation memory at several T.
 * :func:`bench_denormal`: a vanishing model (ρ = 0.5) against a healthy one (ρ = 1), with
   and without flush-to-zero.
+* :func:`bench_host_memory`: a plain step with freed host memory kept in the process
+  (rnnflow's default on the CPU) against glibc's default of returning it to the kernel.
 """
 
 from __future__ import annotations
@@ -587,3 +589,39 @@ def _vanishing_profile(model: RecurrentNet, inputs: torch.Tensor, targets: torch
     norms = probe.gradient_flow()[0].hidden.double()
     ratio = float(torch.log10(norms[0] / norms[-1]))
     return {"log10_ratio": ratio if math.isfinite(ratio) else None, "zero_steps": int((norms == 0).sum())}
+
+
+def bench_host_memory(sizes: BenchSizes, repeats: int) -> dict[str, Any]:
+    """Plain LSTM step (CPU) with freed host memory returned to the kernel (glibc's default) and kept.
+
+    Each round switches the setting (:func:`rnnflow.training.host_settings.retain_freed_host_memory`;
+    switching back trims the heap), runs one untimed step to settle the heap, then times one step
+    and counts its minor page faults; the order alternates from round to round. ``speedup`` =
+    step time returned / kept (> 1: keeping helps). Leaves the setting on (rnnflow's default).
+    """
+    import resource  # POSIX only, like the setting itself
+
+    from rnnflow.training.host_settings import retain_freed_host_memory
+
+    inputs, targets = adding_batch(sizes.steps, sizes.batch, torch.device("cpu"))
+    model = make_model("lstm", sizes.hidden, torch.device("cpu"))
+    plain, _ = step_functions(model, torch.optim.Adam(model.parameters(), lr=1e-4), inputs, targets)
+    samples: dict[bool, list[tuple[float, int]]] = {True: [], False: []}
+    for round_index in range(repeats + 1):  # round 0: warm-up
+        for keep in (True, False) if round_index % 2 == 0 else (False, True):
+            if not retain_freed_host_memory(keep):
+                return {}
+            plain()
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            start = clock(torch.device("cpu"))
+            plain()
+            elapsed = clock(torch.device("cpu")) - start
+            if round_index > 0:
+                samples[keep].append((elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
+    retain_freed_host_memory(True)
+    row: dict[str, Any] = {}
+    for keep, label in ((True, "kept"), (False, "returned")):
+        row[f"{label}_ms"] = 1e3 * statistics.median(t for t, _ in samples[keep])
+        row[f"{label}_faults_per_step"] = statistics.median(f for _, f in samples[keep])
+    row["speedup"] = row["returned_ms"] / row["kept_ms"]
+    return row

@@ -33,6 +33,7 @@ RUN_MECHANICS = (
     "paths",
     "debug",
     "cpu_flush_denormal",
+    "cpu_keep_freed_memory",
     "optimized_metric",
 )
 

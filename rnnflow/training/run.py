@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from rnnflow.config import validate_config
 from rnnflow.training.build import build_datamodule, build_module, build_task_from_config, build_trainer
 from rnnflow.training.devices import check_launch, pin_job_to_gpu
+from rnnflow.training.host_settings import HostSettings, apply_host_settings
 from rnnflow.training.resume import ContinuousResumeStep
 from rnnflow.training.resume_dir import resume_run_dir
 from rnnflow.training.run_end import HParamsSummary, ValidateAtEnd
@@ -30,16 +31,17 @@ def train(cfg: DictConfig, multirun: bool = False, job_number: int | None = None
         cfg.paths.output_dir = str(run_dir)
     if multirun and job_number is not None and torch.cuda.is_available():
         pin_job_to_gpu(cfg, job_number, torch.cuda.device_count())
-    if cfg.get("cpu_flush_denormal", True):
-        # Vanishing gradients underflow into subnormal floats, which the CPU handles
-        # ~2.7x slower (DESIGN fact 4); flushing them to zero changes no visible result.
-        torch.set_flush_denormal(True)
+    host = HostSettings(
+        flush_denormal=bool(cfg.get("cpu_flush_denormal", True)),
+        keep_freed_memory=bool(cfg.get("cpu_keep_freed_memory", True)),
+    )
+    apply_host_settings(host.flush_denormal, host.keep_freed_memory)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     task = build_task_from_config(cfg)
     module = build_module(cfg, task)
     datamodule = build_datamodule(cfg, task)
     trainer = build_trainer(
-        cfg, extra_callbacks=[ContinuousResumeStep(), ValidateAtEnd(), HParamsSummary(module.hparams)]
+        cfg, extra_callbacks=[host, ContinuousResumeStep(), ValidateAtEnd(), HParamsSummary(module.hparams)]
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     return {name: float(value) for name, value in trainer.callback_metrics.items()}
