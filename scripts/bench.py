@@ -26,7 +26,8 @@ a smoke test, not a measurement). Figures (ratios: > 1 means slower, unless stat
   the same with flush-to-zero off (why it is on).
 * ``host_memory_speedup`` (CPU, informational): a plain LSTM step with freed host memory
   returned to the kernel (glibc's default) over one with it kept in the process (rnnflow's
-  default, ``cpu_keep_freed_memory``), and the minor page faults per step of each (why it is on).
+  default, ``cpu_keep_freed_memory``), each in fresh processes, and the minor page faults per
+  step of each (why it is on).
 
 Every section runs with rnnflow's CPU defaults (flush-to-zero, freed memory kept) on both sides
 of each comparison, the hand-written loop included.

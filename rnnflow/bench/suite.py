@@ -24,9 +24,12 @@ target ``(B,)``, MSE), the model a one-layer :class:`rnnflow.models.RecurrentNet
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import statistics
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -592,36 +595,33 @@ def _vanishing_profile(model: RecurrentNet, inputs: torch.Tensor, targets: torch
 
 
 def bench_host_memory(sizes: BenchSizes, repeats: int) -> dict[str, Any]:
-    """Plain LSTM step (CPU) with freed host memory returned to the kernel (glibc's default) and kept.
+    """Plain LSTM step (CPU) with freed host memory kept (rnnflow's default) and returned (glibc's).
 
-    Each round switches the setting (:func:`rnnflow.training.host_settings.retain_freed_host_memory`;
-    switching back trims the heap), runs one untimed step to settle the heap, then times one step
-    and counts its minor page faults; the order alternates from round to round. ``speedup`` =
-    step time returned / kept (> 1: keeping helps). Leaves the setting on (rnnflow's default).
+    Each variant runs in a fresh interpreter (:mod:`rnnflow.bench.host_memory`), as a training
+    process would: ``rounds`` rounds, order alternating, a few timed steps each; medians over all.
+    ``speedup`` = step time returned / kept (> 1: keeping helps); ``*_faults_per_step``: minor page
+    faults. Empty where the setting cannot be applied (no glibc).
     """
-    import resource  # POSIX only, like the setting itself
-
-    from rnnflow.training.host_settings import retain_freed_host_memory
-
-    inputs, targets = adding_batch(sizes.steps, sizes.batch, torch.device("cpu"))
-    model = make_model("lstm", sizes.hidden, torch.device("cpu"))
-    plain, _ = step_functions(model, torch.optim.Adam(model.parameters(), lr=1e-4), inputs, targets)
-    samples: dict[bool, list[tuple[float, int]]] = {True: [], False: []}
-    for round_index in range(repeats + 1):  # round 0: warm-up
+    samples: dict[bool, dict[str, list[float]]] = {
+        keep: {"step_ms": [], "faults": []} for keep in (True, False)
+    }
+    rounds = max(1, math.ceil(repeats / 2))
+    for round_index in range(rounds):
         for keep in (True, False) if round_index % 2 == 0 else (False, True):
-            if not retain_freed_host_memory(keep):
+            command = [
+                sys.executable, "-m", "rnnflow.bench.host_memory", "--keep", str(int(keep)),
+                "--steps", str(sizes.steps), "--batch", str(sizes.batch), "--hidden", str(sizes.hidden),
+                "--repeats", "3",
+            ]  # fmt: skip
+            result = subprocess.run(command, capture_output=True, text=True, check=True)
+            row = json.loads(result.stdout.strip().splitlines()[-1])
+            if keep and not row["applied"]:
                 return {}
-            plain()
-            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            start = clock(torch.device("cpu"))
-            plain()
-            elapsed = clock(torch.device("cpu")) - start
-            if round_index > 0:
-                samples[keep].append((elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
-    retain_freed_host_memory(True)
-    row: dict[str, Any] = {}
+            for key in ("step_ms", "faults"):
+                samples[keep][key] += row[key]
+    figures: dict[str, Any] = {"processes_per_variant": rounds}
     for keep, label in ((True, "kept"), (False, "returned")):
-        row[f"{label}_ms"] = 1e3 * statistics.median(t for t, _ in samples[keep])
-        row[f"{label}_faults_per_step"] = statistics.median(f for _, f in samples[keep])
-    row["speedup"] = row["returned_ms"] / row["kept_ms"]
-    return row
+        figures[f"{label}_ms"] = statistics.median(samples[keep]["step_ms"])
+        figures[f"{label}_faults_per_step"] = statistics.median(samples[keep]["faults"])
+    figures["speedup"] = figures["returned_ms"] / figures["kept_ms"]
+    return figures
