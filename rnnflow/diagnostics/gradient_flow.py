@@ -147,9 +147,9 @@ def choose_route(spec: FusedSpec, device: torch.device, route: str = "auto") -> 
     """``auto`` picks what ``scripts/bench.py`` measured to be cheaper on each device.
 
     CPU, torch 2.13, 2 threads, T = 1000, H = 128, B = 64 (probed step / plain step, medians of
-    6 runs of 5-7 interleaved repeats, noisy machine): RNN adjoint 0.8-1.0x vs extra input
-    1.1-1.4x; LSTM adjoint 1.4-2.0x (median 1.7) vs extra input 1.2-1.5x (median 1.35; the
-    fused oneDNN backward is hard to beat from Python); GRU extra input 1.4-1.7x (no adjoint).
+    5 interleaved repeats, 3 bench runs, freed host memory kept): RNN adjoint 0.75-0.86x vs extra
+    input 1.08-1.13x; LSTM adjoint 2.3-2.5x vs extra input 1.63-1.70x (the fused oneDNN backward
+    is hard to beat from Python); GRU extra input 1.41-1.60x (no adjoint).
     On a GPU the extra input is one parallel GEMM beside cuDNN, while the adjoint's per-step
     loop would be launch-bound: ``auto`` = adjoint for the RNN on the CPU, extra input otherwise.
     """
