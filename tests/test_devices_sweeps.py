@@ -236,7 +236,14 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues_exactly(tmp_path, train
     stopped_at = torch.load(checkpoint, weights_only=True)["global_step"]
     assert stopped_at > 0
     end = stopped_at + 3
-    resumed = run_script(*TINY, f"trainer.max_steps={end}", no_val, f"ckpt_path={checkpoint}")
+    # Hydra's own dir of the resuming command (its .hydra record) goes to tmp, not to the repo's logs/.
+    resumed = run_script(
+        *TINY,
+        f"trainer.max_steps={end}",
+        no_val,
+        f"ckpt_path={checkpoint}",
+        f"hydra.run.dir={tmp_path / 'resume'}",
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert len(list(events.glob("events.*"))) == 2  # the same TensorBoard run, a second event file
     continued = read_scalars(run_dir)["train/loss"]
@@ -408,7 +415,9 @@ def test_sigterm_to_plain_ddp_then_resume_with_ddp(tmp_path):
     assert process.returncode == 143, stderr[-3000:]
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     end = torch.load(checkpoint, weights_only=True)["global_step"] + 2
-    resumed = run_script(*ddp, f"trainer.max_steps={end}", f"ckpt_path={checkpoint}")
+    resumed = run_script(
+        *ddp, f"trainer.max_steps={end}", f"ckpt_path={checkpoint}", f"hydra.run.dir={tmp_path / 'resume'}"
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     full = run_script(*ddp, f"trainer.max_steps={end}", f"hydra.run.dir={full_dir}")
     assert full.returncode == 0, full.stderr[-3000:]
