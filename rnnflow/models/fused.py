@@ -120,27 +120,20 @@ def initial_state(spec: FusedSpec, inputs: torch.Tensor) -> State:
 def run_fused(
     spec: FusedSpec,
     inputs: torch.Tensor,
-    extra_input: torch.Tensor | None = None,
-    extra_block: torch.Tensor | None = None,
     state: State | None = None,
     raw_output: bool = False,
 ) -> tuple[torch.Tensor, State]:
     """Run the fused call from ``state`` (None: the initial state); returns ``(h, final state)``.
 
-    Shapes: ``inputs`` ``(B, T, I)`` (``(T, B, I)`` unless batch_first), ``extra_input``
-    ``(…, K)`` alongside it, ``extra_block`` ``(G·H, K)``; output ``(B, T, H)`` (``u`` if
-    ``raw_output``). States are in kernel space (``u``), as the next call expects them.
+    Shapes: ``inputs`` ``(B, T, I)`` (``(T, B, I)`` unless batch_first); output ``(B, T, H)``
+    (``u`` if ``raw_output``). States are in kernel space (``u``), as the next call expects them.
     """
-    weights = list(spec.weights)
-    if extra_input is not None:
-        inputs = torch.cat([inputs, extra_input], dim=-1)
-        weights[0] = torch.cat([weights[0], extra_block], dim=1)
     hx = initial_state(spec, inputs) if state is None else state
     with warnings.catch_warnings():
         # cuDNN warns that these weights are not one contiguous buffer (it copies them).
         warnings.filterwarnings("ignore", message=".*contiguous chunk of memory.*")
         result = KERNELS[spec.kernel](
-            inputs, hx, weights, spec.has_bias, 1, 0.0, spec.training, False, spec.batch_first
+            inputs, hx, spec.weights, spec.has_bias, 1, 0.0, spec.training, False, spec.batch_first
         )
     u, final = result[0], (result[1], result[2]) if spec.kernel == "lstm" else result[1]
     if raw_output or (spec.out_scale == 1.0 and spec.out_shift == 0.0):

@@ -93,5 +93,8 @@ class HostSettings(L.Callback):
         self.flush_denormal = flush_denormal
         self.keep_freed_memory = keep_freed_memory
 
+    def apply(self) -> bool:
+        return apply_host_settings(self.flush_denormal, self.keep_freed_memory)
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, *args: Any) -> None:
-        apply_host_settings(self.flush_denormal, self.keep_freed_memory)
+        self.apply()

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from rnnflow.config import validate_config
 from rnnflow.training.build import build_datamodule, build_module, build_task_from_config, build_trainer
 from rnnflow.training.devices import check_launch, pin_job_to_gpu
-from rnnflow.training.host_settings import HostSettings, apply_host_settings
+from rnnflow.training.host_settings import HostSettings
 from rnnflow.training.resume import ContinuousResumeStep
 from rnnflow.training.resume_dir import resume_run_dir
 from rnnflow.training.run_end import HParamsSummary, ValidateAtEnd
@@ -35,7 +35,7 @@ def train(cfg: DictConfig, multirun: bool = False, job_number: int | None = None
         flush_denormal=bool(cfg.get("cpu_flush_denormal", True)),
         keep_freed_memory=bool(cfg.get("cpu_keep_freed_memory", True)),
     )
-    apply_host_settings(host.flush_denormal, host.keep_freed_memory)
+    host.apply()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     task = build_task_from_config(cfg)
     module = build_module(cfg, task)
