@@ -1,14 +1,16 @@
 """rnnflow: study backpropagation through time in recurrent networks.
 
-Subpackages:
+Subpackages, one concern each:
     tasks        synthetic long-dependency tasks (pure torch generators, losses, baselines)
     models       RecurrentNet (fused nn.RNN / nn.LSTM / nn.GRU layers) and init schemes
-    diagnostics  pure functions: gradient flow through time, spectra, clipping
-    training     LightningModule, LightningDataModule and TensorBoard callbacks
-    report       reading event files back into tables and figures
+    probes       the math: exact per-step gradient flow, spectra, profile statistics (pure torch)
+    callbacks    one Lightning callback per instrument, writing through ``trainer.loggers``
+    lit          the LightningModule and the DataModule
+    runtime      run mechanics: build, checkpoints, resume, devices, host settings, interrupts, launch
+    report       reading runs back into tables and figures
 """
 
-from rnnflow.resolvers import register_resolvers
+from rnnflow.runtime.resolvers import register_resolvers
 
 __version__ = "0.1.0"
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rnnflow.diagnostics.gradient_flow import PROBE_ROUTES
 from rnnflow.models import BIAS_SCHEMES, INPUT_SCHEMES, NONLINEARITIES, RECURRENT_SCHEMES
+from rnnflow.probes.gradient_flow import PROBE_ROUTES
 from rnnflow.tasks import TASKS, build_task
 
 CELL_NAMES = ("rnn", "lstm", "gru")

@@ -40,6 +40,7 @@ import datetime
 import json
 import math
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,7 +48,11 @@ from typing import Any
 
 import torch
 
-from rnnflow.bench.suite import (
+ROOT = Path(__file__).resolve().parents[1]
+# benchmarks/ lives beside the package, not inside it: make it importable from a checkout.
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.suite import (  # noqa: E402
     CELLS,
     BenchSizes,
     bench_amortized_measured,
@@ -61,10 +66,9 @@ from rnnflow.bench.suite import (
     profile_probed_step,
     quiet_lightning,
 )
-from rnnflow.bench.timing import load_average
-from rnnflow.training.host_settings import apply_host_settings
+from benchmarks.timing import load_average  # noqa: E402
+from rnnflow.runtime.host_settings import apply_host_settings  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("probe", "phases", "lightning", "amortized", "lengths", "denormal", "host_memory")
 
 

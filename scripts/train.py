@@ -9,9 +9,9 @@ Examples::
 
 Returns the value of ``optimized_metric`` (default ``val/loss``) so Hydra sweepers can use it.
 A bad config value exits with status 2 and one line naming the key. In a sweep, a failing job
-is recorded in its ``failure.txt`` and the sweep goes on (see :mod:`rnnflow.training.sweep`).
+is recorded in its ``failure.txt`` and the sweep goes on (see :mod:`rnnflow.runtime.sweep`).
 SIGTERM or Ctrl-C stops before the next batch, saves ``checkpoints/last.ckpt`` and exits with
-status 143 or 130 (a sweep stops there; see :mod:`rnnflow.training.interrupt`).
+status 143 or 130 (a sweep stops there; see :mod:`rnnflow.runtime.interrupt`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from rnnflow.config import ConfigError
-from rnnflow.training.interrupt import interrupt_exit_status
-from rnnflow.training.run import train
-from rnnflow.training.sweep import record_failure
+from rnnflow.runtime.interrupt import interrupt_exit_status
+from rnnflow.runtime.run import train
+from rnnflow.runtime.sweep import record_failure
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

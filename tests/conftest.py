@@ -40,7 +40,7 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 @pytest.fixture
 def train_run(tmp_path: Path) -> Callable[..., tuple[dict[str, float], Path]]:
     """``train_run(*overrides, name="run")`` → (final metrics, run dir); tiny sizes by default."""
-    from rnnflow.training.run import train
+    from rnnflow.runtime.run import train
 
     def run(*overrides: str, name: str = "run") -> tuple[dict[str, float], Path]:
         out = tmp_path / name

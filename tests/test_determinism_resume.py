@@ -24,8 +24,8 @@ def test_same_seed_same_metrics_other_seed_differs(train_run):
 
 
 def test_data_stream_is_a_function_of_seed_and_index():
+    from rnnflow.lit.data import SyntheticDataModule
     from rnnflow.tasks import AddingTask
-    from rnnflow.training.data import SyntheticDataModule
 
     data = SyntheticDataModule(AddingTask(10), batch_size=4, val_batches=2, seed=3)
     first = data.make_batch(0, 5, torch.device("cpu"))

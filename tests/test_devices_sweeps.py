@@ -24,10 +24,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf, open_dict
 
 from rnnflow.config import ConfigError
-from rnnflow.training.devices import check_launch, device_count, gpu_for_job, gpus_for_job, pin_job_to_gpu
-from rnnflow.training.interrupt import interrupt_exit_status
-from rnnflow.training.resume_dir import experiment_overrides, resume_run_dir
-from rnnflow.training.sweep import SweepLaunchCheck, failed_jobs, record_failure
+from rnnflow.runtime.devices import check_launch, device_count, gpu_for_job, gpus_for_job, pin_job_to_gpu
+from rnnflow.runtime.interrupt import interrupt_exit_status
+from rnnflow.runtime.resume_dir import experiment_overrides, resume_run_dir
+from rnnflow.runtime.sweep import SweepLaunchCheck, failed_jobs, record_failure
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 
@@ -157,7 +157,7 @@ def test_run_and_sweep_dirs_are_unique_below_the_second():
 
 
 def test_long_sweep_job_names_are_shortened_and_unique():
-    from rnnflow.resolvers import short_dirname
+    from rnnflow.runtime.resolvers import short_dirname
 
     long_a, long_b = "a=1," + "x" * 300, "a=2," + "x" * 300
     assert short_dirname("a=1,b=2") == "a=1,b=2"
@@ -265,7 +265,7 @@ class SignalAtBatch(L.Callback):
 
 def train_with(tmp_path: Path, name: str, *overrides: str, signal_at: int | None = None):
     """Train in-process with ``overrides`` into ``tmp_path/name``; Ctrl-C at batch ``signal_at``."""
-    from rnnflow.training.run import train
+    from rnnflow.runtime.run import train
 
     out = tmp_path / name
     cfg = compose_config(*TINY, *overrides, output_dir=out)

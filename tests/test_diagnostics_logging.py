@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TINY, compose_config, read_scalars
 
-from rnnflow.training.run import train
+from rnnflow.runtime.run import train
 
 
 def run(tmp_path: Path, *overrides: str) -> tuple[dict[str, float], Path]:
@@ -50,8 +50,8 @@ def test_logged_profile_is_the_probe_of_that_step(tmp_path):
     """The norm_t tags of step 0 equal a probe of the initial model on batch 0 (independent run)."""
     import lightning as L
 
-    from rnnflow.diagnostics.gradient_flow import GradientFlowProbe
-    from rnnflow.training.build import build_datamodule, build_module, build_task_from_config
+    from rnnflow.probes.gradient_flow import GradientFlowProbe
+    from rnnflow.runtime.build import build_datamodule, build_module, build_task_from_config
 
     _, out = run(tmp_path, "model=gru", "trainer.max_steps=1", "diagnostics.every_n_steps=1")
     cfg = compose_config(*TINY, "model=gru", output_dir=tmp_path)
@@ -118,7 +118,7 @@ def test_nonfinite_policy_raise(tmp_path):
 
 
 def test_nonfinite_never_overwrites_last_good_checkpoint(tmp_path):
-    from rnnflow.training.checkpoint import FiniteModelCheckpoint, all_finite
+    from rnnflow.runtime.checkpoint import FiniteModelCheckpoint, all_finite
 
     model = torch.nn.Linear(2, 2)
     assert all_finite(model)

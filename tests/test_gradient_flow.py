@@ -15,10 +15,10 @@ import torch
 from reference_cells import UnrolledReference
 from torch import nn
 
-from rnnflow.diagnostics import gradient_flow
-from rnnflow.diagnostics.gradient_flow import GradientFlowProbe, probed_layer_call, total_hidden_gradients
-from rnnflow.diagnostics.profile_stats import decay_rate, log10_ratio
 from rnnflow.models import RecurrentNet
+from rnnflow.probes import gradient_flow
+from rnnflow.probes.gradient_flow import GradientFlowProbe, probed_layer_call, total_hidden_gradients
+from rnnflow.probes.profile_stats import decay_rate, log10_ratio
 
 CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("rnn", "sigmoid"), ("lstm", "tanh"), ("gru", "tanh")]
 

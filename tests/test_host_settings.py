@@ -7,15 +7,16 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
-from rnnflow.bench.host_memory import __name__ as CHILD
+from benchmarks.host_memory import __name__ as CHILD
 
 
 def page_faults_per_step(keep: bool) -> float:
     """Median minor page faults of a plain LSTM step (T = 250, H = 128, B = 64) in a fresh process."""
     command = [sys.executable, "-m", CHILD, "--keep", str(int(keep)), "--steps", "250", "--repeats", "3"]
     row = json.loads(
-        subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+        subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout.splitlines()[-1]
     )
     assert row["applied"] == keep
     return sorted(row["faults"])[1]

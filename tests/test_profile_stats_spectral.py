@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from rnnflow.diagnostics.profile_stats import decay_fit, horizon, log10_ratio, log_spaced_steps
-from rnnflow.diagnostics.spectral import gate_spectra, network_spectra
 from rnnflow.models import RecurrentNet
+from rnnflow.probes.profile_stats import decay_fit, horizon, log10_ratio, log_spaced_steps
+from rnnflow.probes.spectral import gate_spectra, network_spectra
 
 
 def test_geometric_profile_statistics():

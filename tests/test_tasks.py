@@ -381,7 +381,7 @@ TASK_CONFIGS = sorted(path.stem for path in (Path(CONF) / "task").glob("*.yaml")
 
 @pytest.mark.parametrize("config", TASK_CONFIGS)
 def test_every_task_config_validates_and_builds(config):
-    from rnnflow.training.build import build_task_from_config
+    from rnnflow.runtime.build import build_task_from_config
 
     cfg = compose_config(f"task={config}")
     validate_config(cfg)

@@ -22,7 +22,7 @@ so it runs at fused speed and autograd carries the gradients back to ``W_ih``, `
 weight block is ``A`` (``(G·H, K)``, constant): ``W_ih x_t`` becomes
 ``W_ih x_t + A e_t``. The forward pass is unchanged (``e = 0``), and after backward
 ``∂L/∂e_t = Aᵀ δ_t``, where ``δ_t`` is the total gradient of the gate pre-activations at
-step ``t`` (see :mod:`rnnflow.diagnostics.gradient_flow`).
+step ``t`` (see :mod:`rnnflow.probes.gradient_flow`).
 """
 
 from __future__ import annotations

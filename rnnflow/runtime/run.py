@@ -8,12 +8,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rnnflow.config import validate_config
-from rnnflow.training.build import build_datamodule, build_module, build_task_from_config, build_trainer
-from rnnflow.training.devices import check_launch, pin_job_to_gpu
-from rnnflow.training.host_settings import HostSettings
-from rnnflow.training.resume import ContinuousResumeStep
-from rnnflow.training.resume_dir import resume_run_dir
-from rnnflow.training.run_end import HParamsSummary, ValidateAtEnd
+from rnnflow.runtime.build import build_datamodule, build_module, build_task_from_config, build_trainer
+from rnnflow.runtime.devices import check_launch, pin_job_to_gpu
+from rnnflow.runtime.host_settings import HostSettings
+from rnnflow.runtime.resume import ContinuousResumeStep
+from rnnflow.runtime.resume_dir import resume_run_dir
+from rnnflow.runtime.run_end import HParamsSummary, ValidateAtEnd
 
 
 def train(cfg: DictConfig, multirun: bool = False, job_number: int | None = None) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Timing helpers: interleaved medians, per-iteration clocks for Lightning, activation memory.
 
-Every comparison in :mod:`rnnflow.bench.suite` runs its variants in one process and
+Every comparison in :mod:`benchmarks.suite` runs its variants in one process and
 interleaves them (round ``r`` runs ``A, B, C`` for even ``r`` and ``C, B, A`` for odd ``r``),
 so that drift (thermal, other processes, allocator state) hits every variant alike, and
 reports the median over rounds. GPU work is asynchronous: every clock reading is preceded by

@@ -1,12 +1,12 @@
 """Callback: probe the exact gradient flow through time and write it to TensorBoard.
 
 On probe steps (step 0, every ``every_n_steps``, and the last batch; see
-:class:`rnnflow.training.schedule.StepSchedule`) the module runs its layers through
-:class:`rnnflow.diagnostics.gradient_flow.GradientFlowProbe`; after backward this callback
+:class:`rnnflow.callbacks.schedule.StepSchedule`) the module runs its layers through
+:class:`rnnflow.probes.gradient_flow.GradientFlowProbe`; after backward this callback
 turns the profiles ``n_t = ‖∂L/∂h_t‖_F`` into, per layer L:
 
 * ``grad_flow/L/log10_ratio``, ``grad_flow/L/decay_rate``, ``grad_flow/L/horizon``
-  (see :mod:`rnnflow.diagnostics.profile_stats`),
+  (see :mod:`rnnflow.probes.profile_stats`),
 * ``grad_flow/L/norm_tNNNN`` at ~8 log-spaced steps (one multiline custom-scalars chart
   per layer),
 * LSTM: ``grad_flow/L/cell_log10_ratio``, ``grad_flow/L/cell_decay_rate``,
@@ -23,12 +23,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from rnnflow.diagnostics.gradient_flow import GradientFlowProbe, LayerGradientFlow
-from rnnflow.diagnostics.profile_stats import decay_fit, decay_rate, horizon, log10_ratio, log_spaced_steps
-from rnnflow.diagnostics.spectral import gate_spectra
+from rnnflow.callbacks.logging import batch_step, tensorboard_writer
+from rnnflow.callbacks.schedule import StepSchedule
+from rnnflow.probes.gradient_flow import GradientFlowProbe, LayerGradientFlow
+from rnnflow.probes.profile_stats import decay_fit, decay_rate, horizon, log10_ratio, log_spaced_steps
+from rnnflow.probes.spectral import gate_spectra
 from rnnflow.report.figures import bin_profile, heatmap_figure, profile_figure
-from rnnflow.training.schedule import StepSchedule
-from rnnflow.training.tensorboard import batch_step, tensorboard_writer
 
 HEATMAP_BINS = 200
 

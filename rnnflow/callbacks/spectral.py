@@ -2,7 +2,7 @@
 
 At step 0, every ``every_n_steps`` and at the last batch (:class:`StepSchedule`), writes
 ``spectral/L/radius`` and ``spectral/L/norm`` (rnn) or ``spectral/L/<gate>/radius`` and
-``.../norm`` (lstm ``i f g o``, gru ``r z n``); see :mod:`rnnflow.diagnostics.spectral`.
+``.../norm`` (lstm ``i f g o``, gru ``r z n``); see :mod:`rnnflow.probes.spectral`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 
 import lightning as L
 
-from rnnflow.diagnostics.spectral import network_spectra
-from rnnflow.training.schedule import StepSchedule
-from rnnflow.training.tensorboard import batch_step, tensorboard_writer
+from rnnflow.callbacks.logging import batch_step, tensorboard_writer
+from rnnflow.callbacks.schedule import StepSchedule
+from rnnflow.probes.spectral import network_spectra
 
 
 class SpectralMonitor(L.Callback):

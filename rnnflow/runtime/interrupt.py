@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from rnnflow.training.checkpoint import all_finite
+from rnnflow.runtime.checkpoint import all_finite
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from rnnflow.lit.data import SyntheticDataModule
+from rnnflow.lit.module import RecurrentTaskModule
 from rnnflow.models import RecurrentNet
 from rnnflow.tasks import SyntheticTask, build_task
-from rnnflow.training.data import SyntheticDataModule
-from rnnflow.training.module import RecurrentTaskModule
 
 TASK_BUILD_EXCLUDE = ("name", "batch_size", "val_batches")
 
@@ -85,7 +85,7 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = No
     """The Trainer of ``cfg.trainer`` with ``cfg.logger`` and ``cfg.callbacks``.
 
     ``extra_callbacks`` run first (Lightning calls callbacks in list order), so that e.g.
-    :class:`rnnflow.training.resume.ContinuousResumeStep` fixes the step before others read it.
+    :class:`rnnflow.runtime.resume.ContinuousResumeStep` fixes the step before others read it.
     """
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]

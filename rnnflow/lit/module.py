@@ -16,8 +16,8 @@ stops with a message. ``stop`` stops at the first one; ``raise`` raises
 ``FloatingPointError`` (non-zero exit). Deciding to skip needs the norm on the host: one
 scalar sync per step, the same price ``torch.amp.GradScaler`` pays for its skips.
 
-On probe steps a :class:`rnnflow.diagnostics.gradient_flow.GradientFlowProbe` (set by
-:class:`rnnflow.training.gradient_flow_monitor.GradientFlowMonitor`) runs the layers.
+On probe steps a :class:`rnnflow.probes.gradient_flow.GradientFlowProbe` (set by
+:class:`rnnflow.callbacks.gradient_flow.GradientFlowMonitor`) runs the layers.
 
 Truncated BPTT (``tbptt.chunk = k``): each sequence is split into chunks of k steps
 ``x = [x_{0:k}, x_{k:2k}, …]``; the hidden state is carried from chunk to chunk and
@@ -39,8 +39,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from rnnflow.diagnostics.gradient_flow import GradientFlowProbe
 from rnnflow.models import RecurrentNet
+from rnnflow.probes.gradient_flow import GradientFlowProbe
 from rnnflow.tasks import SyntheticTask, TaskBatch
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]

@@ -1,6 +1,6 @@
 """A plain training step (LSTM unless ``--cell``) in a fresh process, with or without freed host memory kept.
 
-    python -m rnnflow.bench.host_memory --keep 1 --steps 1000 --batch 64 --hidden 128 --repeats 3
+    python -m benchmarks.host_memory --keep 1 --steps 1000 --batch 64 --hidden 128 --repeats 3
 
 prints one JSON line: ``{"keep": bool, "applied": bool, "step_ms": [...], "faults": [...]}``,
 the wall time and minor page faults of each timed step (after two warm-up steps that settle the
@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from rnnflow.bench.suite import adding_batch, make_model, step_functions
-from rnnflow.training.host_settings import apply_host_settings
+from benchmarks.suite import adding_batch, make_model, step_functions
+from rnnflow.runtime.host_settings import apply_host_settings
 
 
 def measure(keep: bool, steps: int, batch: int, hidden: int, repeats: int, cell: str = "lstm") -> dict:

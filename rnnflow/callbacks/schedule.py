@@ -1,6 +1,6 @@
 """When diagnostics run: at batch 0, every N batches after, and at the last batch.
 
-Steps are batch indices (:func:`rnnflow.training.tensorboard.batch_step`); the last batch
+Steps are batch indices (:func:`rnnflow.callbacks.logging.batch_step`); the last batch
 is the one after which ``trainer.global_step`` (optimizer steps; several per batch under
 truncated BPTT) reaches ``trainer.max_steps``.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import lightning as L
 
-from rnnflow.training.tensorboard import batch_step
+from rnnflow.callbacks.logging import batch_step
 
 
 class StepSchedule:

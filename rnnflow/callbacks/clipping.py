@@ -24,7 +24,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from rnnflow.training.tensorboard import batch_step, tensorboard_writer
+from rnnflow.callbacks.logging import batch_step, tensorboard_writer
 
 
 class ClipMonitor(L.Callback):

@@ -1,17 +1,17 @@
 """The measurements behind ``scripts/bench.py``: what a training step and its probes cost.
 
 Each function runs one comparison, interleaving its variants in this process
-(:func:`rnnflow.bench.timing.interleaved_timings`), and returns plain numbers (ms, ratios)
+(:func:`benchmarks.timing.interleaved_timings`), and returns plain numbers (ms, ratios)
 ready for JSON. Ratios are ``variant time / reference time`` (> 1 means slower) unless
 their name says otherwise. The task is always the adding problem (inputs ``(B, T, 2)``,
 target ``(B,)``, MSE), the model a one-layer :class:`rnnflow.models.RecurrentNet`.
 
 * :func:`bench_probe`: a probed training step (forward through
-  :class:`rnnflow.diagnostics.gradient_flow.GradientFlowProbe`, backward,
+  :class:`rnnflow.probes.gradient_flow.GradientFlowProbe`, backward,
   ``probe.gradient_flow()``, optimizer step) over a plain one, per cell and probe route.
 * :func:`probe_phases` / :func:`profile_probed_step`: where a probed step spends its time.
 * :func:`bench_lightning_vs_raw`: iterations per second of a real ``Trainer.fit`` of
-  :class:`rnnflow.training.module.RecurrentTaskModule` over those of a hand-written loop
+  :class:`rnnflow.lit.module.RecurrentTaskModule` over those of a hand-written loop
   (same fused module, Adam, the same batches from the same generator).
 * :func:`bench_amortized_measured`: Lightning runs with every diagnostics callback on
   (default config) against the same runs with them off.
@@ -43,21 +43,21 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from rnnflow.bench.timing import (
+from benchmarks.timing import (
     IterationClock,
     clock,
     interleaved_timings,
     peak_cuda_bytes,
     saved_activation_bytes,
 )
-from rnnflow.diagnostics.gradient_flow import GradientFlowProbe, choose_route
+from rnnflow.lit.data import TRAIN_STREAM, batch_seed
 from rnnflow.models import RecurrentNet
 from rnnflow.models.fused import fused_spec
+from rnnflow.probes.gradient_flow import GradientFlowProbe, choose_route
+from rnnflow.runtime.build import build_datamodule, build_module, build_task_from_config, build_trainer
 from rnnflow.tasks import AddingTask
-from rnnflow.training.build import build_datamodule, build_module, build_task_from_config, build_trainer
-from rnnflow.training.data import TRAIN_STREAM, batch_seed
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 CELLS = ("rnn", "lstm", "gru")
 
 
@@ -597,7 +597,7 @@ def _vanishing_profile(model: RecurrentNet, inputs: torch.Tensor, targets: torch
 def bench_host_memory(sizes: BenchSizes, repeats: int) -> dict[str, Any]:
     """Plain LSTM step (CPU) with freed host memory kept (rnnflow's default) and returned (glibc's).
 
-    Each variant runs in a fresh interpreter (:mod:`rnnflow.bench.host_memory`), as a training
+    Each variant runs in a fresh interpreter (:mod:`benchmarks.host_memory`), as a training
     process would: ``rounds`` rounds, order alternating, a few timed steps each; medians over all.
     ``speedup`` = step time returned / kept (> 1: keeping helps); ``*_faults_per_step``: minor page
     faults. Empty where the setting cannot be applied (no glibc).
@@ -609,11 +609,13 @@ def bench_host_memory(sizes: BenchSizes, repeats: int) -> dict[str, Any]:
     for round_index in range(rounds):
         for keep in (True, False) if round_index % 2 == 0 else (False, True):
             command = [
-                sys.executable, "-m", "rnnflow.bench.host_memory", "--keep", str(int(keep)),
+                sys.executable, "-m", "benchmarks.host_memory", "--keep", str(int(keep)),
                 "--steps", str(sizes.steps), "--batch", str(sizes.batch), "--hidden", str(sizes.hidden),
                 "--repeats", "3",
             ]  # fmt: skip
-            result = subprocess.run(command, capture_output=True, text=True, check=True)
+            result = subprocess.run(
+                command, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1]
+            )
             row = json.loads(result.stdout.strip().splitlines()[-1])
             if keep and not row["applied"]:
                 return {}

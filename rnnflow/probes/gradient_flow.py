@@ -52,8 +52,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rnnflow.diagnostics.adjoint import AdjointRecord, adjoint_call, supports_adjoint
 from rnnflow.models.fused import FusedSpec, State, fused_spec, initial_state, run_fused
+from rnnflow.probes.adjoint import AdjointRecord, adjoint_call, supports_adjoint
 
 
 @dataclass

@@ -1,5 +1,0 @@
-"""Benchmarks of rnnflow's training step and its gradient-flow probes (``scripts/bench.py``).
-
-:mod:`rnnflow.bench.timing` holds the timing helpers (interleaved medians, a per-batch clock
-for Lightning, activation memory); :mod:`rnnflow.bench.suite` the comparisons themselves.
-"""
