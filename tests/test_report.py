@@ -16,6 +16,7 @@ from tbparse import SummaryReader
 from torch.utils.tensorboard import SummaryWriter
 
 from rnnflow.report.build import build_report
+from rnnflow.report.profiles import write_profiles
 from rnnflow.report.runs import find_run_dirs, load_runs, parse_overrides
 from rnnflow.report.table import differing_overrides, markdown_table, summarise
 
@@ -155,8 +156,8 @@ def _synthetic_run(run_dir: Path, overrides: list[str], solved: float, radius_sc
                 writer.add_scalar(
                     f"spectral/layer{layer}/{gate}/radius", radius_scale * scale * (1 + step), step
                 )
-            for t in (0, 5, 9):
-                writer.add_scalar(f"grad_flow/layer{layer}/norm_t{t:04d}", 10.0 ** (t - 9) * (step + 1), step)
+            profile = {"hidden": 10.0 ** (np.arange(10) - 9) * (step + 1)}
+            write_profiles(writer, "grad_flow", f"layer{layer}", step, profile)
     writer.add_scalar("val/loss", 0.05, 99)
     writer.add_scalar("val/baseline_loss", 0.2, 99)
     writer.add_scalar("val/solved", solved, 99)
@@ -181,11 +182,11 @@ def test_synthetic_runs_known_values(tmp_path: Path) -> None:
     report = build_report(tmp_path)
     assert report == tmp_path / "report" / "report.md"
     heatmaps = sorted((tmp_path / "report" / "heatmaps").glob("*.png"))
-    assert len(heatmaps) == 4  # two runs × two layers, re-plotted from the norm tags
+    assert len(heatmaps) == 4  # two runs × two layers, drawn from the profile records
     for path in [*heatmaps, *(tmp_path / "report").glob("*.png")]:
         _assert_png(path)
     assert (tmp_path / "report" / "grad_profiles_layer1.png").is_file()
-    assert "re-plotted from the norm tags" in report.read_text()
+    assert "drawn from the profile records" in report.read_text()
     assert np.isfinite(runs[0].wall_time)
 
 

@@ -10,6 +10,8 @@ turns the profiles ``n_t = ‖∂L/∂h_t‖_F`` into, per layer L:
 * ``grad_flow/L/norm_tNNNN`` at ~8 log-spaced steps (one multiline custom-scalars chart
   per layer),
 * LSTM: ``grad_flow/L/cell_log10_ratio``, ``grad_flow/L/cell_decay_rate``,
+* the full profiles ``grad_flow/L/profile`` (hidden, and cell for an LSTM), one tensor summary
+  per probe and layer (:mod:`rnnflow.report.profiles`),
 * every ``figure_every_n_steps`` (and at the first and last probe): the image
   ``grad_flow/profile`` (all layers, with the ρ and α lines) and ``grad_flow/L/heatmap``.
 """
@@ -29,6 +31,7 @@ from rnnflow.probes.gradient_flow import GradientFlowProbe, LayerGradientFlow
 from rnnflow.probes.profile_stats import decay_fit, decay_rate, horizon, log10_ratio, log_spaced_steps
 from rnnflow.probes.spectral import gate_spectra
 from rnnflow.report.figures import bin_profile, heatmap_figure, profile_figure
+from rnnflow.report.profiles import write_profiles
 
 HEATMAP_BINS = 200
 
@@ -91,6 +94,10 @@ class GradientFlowMonitor(L.Callback):
         profiles = [flow.hidden.cpu().double().numpy() for flow in flows]
         for index, (flow, profile) in enumerate(zip(flows, profiles, strict=True)):
             self._write_scalars(writer, f"grad_flow/layer{index}", flow, profile, step)
+            series = {"hidden": profile}
+            if flow.cell is not None:
+                series["cell"] = flow.cell.double().cpu().numpy()
+            write_profiles(writer, "grad_flow", f"layer{index}", step, series)
         self.heatmap_steps.append(step)
         self.heatmap_rows.append([bin_profile(p, HEATMAP_BINS) for p in profiles])
         if self._is_figure_step(trainer, pl_module, step):

@@ -35,12 +35,12 @@ def _heatmap_section(heatmaps: list[tuple[Run, int, Path]], labels: dict[int, st
         return [*lines, "No run logged gradient-flow probes.", ""]
     lines += [
         "Rows: training step; columns: time step t; colour: log10 ‖∂L/∂h_t‖ / ‖∂L/∂h_(T-1)‖ "
-        "(the last heatmap image each run logged, or re-plotted from the norm tags).",
+        "(the last heatmap image each run logged, or drawn from its profile records).",
         "",
     ]
     for run, layer, path in heatmaps:
         image = run.images.get(f"grad_flow/layer{layer}/heatmap")
-        source = f"image logged at step {image[0]}" if image else "re-plotted from the norm tags"
+        source = f"image logged at step {image[0]}" if image else "drawn from the profile records"
         lines += [
             f"**{run.name}: {labels[id(run)]}**, layer {layer} ({source})",
             "",
@@ -84,7 +84,7 @@ def build_report(root: str | Path, out: str | Path | None = None) -> Path:
         "## Gradient profiles",
         "",
     ]
-    lines += ["log10 ‖∂L/∂h_t‖ at the logged time steps t, at the first probe (init) and the last (end).", ""]
+    lines += ["log10 ‖∂L/∂h_t‖ at every time step t, at the first probe (init) and the last (end).", ""]
     for layer, path in zip(layers, profile_paths, strict=True):
         if path is not None:
             lines += [f"![gradient profiles layer {layer}]({path.name})", ""]

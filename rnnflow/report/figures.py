@@ -96,19 +96,3 @@ def bin_profile(profile: np.ndarray, bins: int) -> np.ndarray:
         return profile
     edges = np.linspace(0, profile.size, bins + 1).round().astype(int)
     return np.array([np.sqrt(np.mean(profile[a:b] ** 2)) for a, b in zip(edges[:-1], edges[1:], strict=True)])
-
-
-def probe_heatmap_figure(
-    train_steps: Sequence[int], t: Sequence[int], norms: np.ndarray, title: str
-) -> Figure:
-    """Heatmap from the logged probe points: ``norms`` ``(P, K)`` at training steps (rows) × time steps ``t``.
-
-    The K columns are the few log-spaced time steps of the ``norm_tNNNN`` tags, drawn as equal
-    cells labelled with their t; colour = ``log10 ‖∂L/∂h_t‖ - log10 ‖∂L/∂h_{T-1}‖`` as in
-    :func:`heatmap_figure`.
-    """
-    figure = heatmap_figure(train_steps, np.asarray(norms, dtype=np.float64), title)
-    axes = figure.axes[0]
-    axes.set_xticks(np.arange(len(t)) + 0.5, [str(int(step)) for step in t], fontsize=8)
-    axes.set_xlabel("time step t (logged probe points)")
-    return figure

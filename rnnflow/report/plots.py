@@ -1,13 +1,13 @@
 """The report's figures, one PNG each, with one colour per run shared by every figure.
 
 * :func:`plot_profiles`: log10 ‖∂L/∂h_t‖ against t for every run, at the first probe
-  (initialisation, left) and the last probe (end of training, right), rebuilt from the
-  ``grad_flow/layerL/norm_tNNNN`` points (markers; underflowed zeros are left out).
+  (initialisation, left) and the last probe (end of training, right), at every t from the
+  full-resolution profile records (:mod:`rnnflow.report.profiles`; zeros are left out).
 * :func:`plot_losses`: ``train/loss`` (left) and ``val/loss`` (right) against the training step,
   with the ``val/baseline_loss`` as a dashed line (black when shared by all runs).
 * :func:`save_heatmaps`: per run and layer, the last ``grad_flow/layerL/heatmap`` image the
-  run logged (full time resolution), or, if it logged none, a heatmap re-plotted from the norm
-  tags (training step × logged time step).
+  run logged, or, if it logged none, a heatmap drawn from the profile records (training step ×
+  time step).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rnnflow.report.figures import probe_heatmap_figure  # noqa: E402
+from rnnflow.report.figures import heatmap_figure  # noqa: E402
 from rnnflow.report.profiles import profile_at, profile_layers, profile_matrix  # noqa: E402
 from rnnflow.report.runs import Run  # noqa: E402
 
@@ -64,7 +64,7 @@ def plot_profiles(runs: Sequence[Run], labels: Sequence[str], layer: int, path: 
             with np.errstate(divide="ignore", invalid="ignore"):
                 logs = np.log10(norms)
             keep = np.isfinite(logs)
-            panel.plot(t[keep], logs[keep], "o-", color=colour, ms=4, lw=1.5, label=f"{label} (step {step})")
+            panel.plot(t[keep], logs[keep], "-", color=colour, lw=1.5, label=f"{label} (step {step})")
             drawn = True
         panel.set_title(
             f"layer {layer}: {'first probe (init)' if which == 'init' else 'last probe (end)'}", fontsize=10
@@ -150,11 +150,8 @@ def save_heatmaps(
                 matrix = profile_matrix(run, layer)
                 if matrix is None:
                     continue
-                figure = probe_heatmap_figure(
-                    matrix.train_steps.tolist(),
-                    matrix.t,
-                    matrix.norms,
-                    f"{label}: layer {layer} (from norm tags)",
+                figure = heatmap_figure(
+                    matrix.train_steps.tolist(), matrix.norms, f"{label}: layer {layer} (profile records)"
                 )
                 figure.savefig(path, dpi=100)
                 plt.close(figure)

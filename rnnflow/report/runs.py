@@ -20,6 +20,8 @@ import numpy as np
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from rnnflow.report.profiles import RunProfiles, load_profiles
+
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 EVENT_GLOB = "events.out.tfevents.*"
 
@@ -56,6 +58,7 @@ class Run:
     job_num: int | None = None
     scalars: dict[str, Series] = field(default_factory=dict, repr=False)
     images: dict[str, tuple[int, bytes]] = field(default_factory=dict, repr=False)  # tag -> (step, PNG)
+    profiles: RunProfiles = field(default_factory=RunProfiles, repr=False)  # full-resolution profiles
     first_wall_time: float = float("nan")
     last_wall_time: float = float("nan")
 
@@ -155,6 +158,7 @@ def load_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
     )
     for event_dir in _event_dirs(run_dir):
         _load_events(run, event_dir)
+    run.profiles = load_profiles(run_dir)
     return run
 
 
