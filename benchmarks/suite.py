@@ -32,6 +32,7 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -127,7 +128,8 @@ def step_functions(
         def run() -> None:
             probe = GradientFlowProbe(route=route)
             optimizer.zero_grad(set_to_none=True)
-            outputs = model(inputs, layer_call=probe.layer_call)
+            with probe.attach(model):
+                outputs = model(inputs)
             nn.functional.mse_loss(outputs.squeeze(-1), targets).backward()
             probe.gradient_flow()
             optimizer.step()
@@ -180,7 +182,8 @@ def phased_step(
     probe = GradientFlowProbe(route=route) if route is not None else None
     start = clock(device)
     optimizer.zero_grad(set_to_none=True)
-    outputs = model(inputs, layer_call=probe.layer_call if probe is not None else None)
+    with probe.attach(model) if probe is not None else nullcontext():
+        outputs = model(inputs)
     loss = nn.functional.mse_loss(outputs.squeeze(-1), targets)
     forward = clock(device)
     loss.backward()
@@ -264,16 +267,16 @@ def profile_probed_step(
 
     def step(variant: str, profiled: bool) -> None:
         probe = GradientFlowProbe(route=route) if variant == "probed" else None
-        layer_call = probe.layer_call if probe is not None else None
+
+        def forward() -> torch.Tensor:
+            with probe.attach(model) if probe is not None else nullcontext():
+                return nn.functional.mse_loss(model(inputs).squeeze(-1), targets)
 
         def run(name: str, work: Callable[[], Any]) -> Any:
             return phase(variant, name, work) if profiled else work()
 
         optimizer.zero_grad(set_to_none=True)
-        loss = run(
-            "forward",
-            lambda: nn.functional.mse_loss(model(inputs, layer_call=layer_call).squeeze(-1), targets),
-        )
+        loss = run("forward", forward)
         run("backward", loss.backward)
         run("gradient_flow", probe.gradient_flow if probe is not None else (lambda: None))
         run("optimizer", optimizer.step)
@@ -587,9 +590,11 @@ def _with_flush(run: Callable[[], None], flush: bool) -> Callable[[], None]:
 def _vanishing_profile(model: RecurrentNet, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
     """log10(‖∂L/∂h_0‖ / ‖∂L/∂h_{T-1}‖) (None where it underflowed to 0) and the steps with norm 0."""
     probe = GradientFlowProbe()
-    nn.functional.mse_loss(model(inputs, layer_call=probe.layer_call).squeeze(-1), targets).backward()
+    with probe.attach(model):
+        loss = nn.functional.mse_loss(model(inputs).squeeze(-1), targets)
+    loss.backward()
     model.zero_grad(set_to_none=True)
-    norms = probe.gradient_flow()[0].hidden.double()
+    norms = next(iter(probe.gradient_flow().values())).hidden.double()
     ratio = float(torch.log10(norms[0] / norms[-1]))
     return {"log10_ratio": ratio if math.isfinite(ratio) else None, "zero_steps": int((norms == 0).sum())}
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import subprocess
 
+import pytest
 from conftest import ROOT, TINY, read_scalars
 
 
@@ -31,3 +33,39 @@ def test_train_script_writes_tensorboard_and_checkpoint(tmp_path, python):
     assert {"spectral/layer0/r/radius", "spectral/layer0/z/radius", "spectral/layer0/n/radius"} <= set(tags)
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert (run_dir / ".hydra" / "config.yaml").exists()
+
+
+def test_csv_logger_gets_every_rnnflow_scalar(tmp_path, python):
+    """``logger=[tensorboard,csv]``: the same rnnflow scalars in metrics.csv as in the event file."""
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [
+            python,
+            "scripts/train.py",
+            *TINY,
+            "model=lstm",
+            "trainer.max_steps=4",
+            "clip.max_norm=0.5",
+            "diagnostics.every_n_steps=2",
+            "diagnostics.spectral_every_n_steps=2",
+            "logger=[tensorboard,csv]",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    columns = set(rows[0])
+    tags = read_scalars(run_dir)
+    rnnflow_tags = {t for t in tags if t.split("/")[0] in ("grad_flow", "spectral", "clip")}
+    assert {"grad_flow/layer0/log10_ratio", "spectral/layer0/f/radius", "clip/events"} <= rnnflow_tags
+    assert rnnflow_tags <= columns
+    logged = [
+        (int(r["step"]), float(r["grad_flow/layer0/log10_ratio"]))
+        for r in rows
+        if r["grad_flow/layer0/log10_ratio"]
+    ]
+    assert logged == [(s, pytest.approx(v, rel=1e-6)) for s, v in tags["grad_flow/layer0/log10_ratio"]]

@@ -41,8 +41,7 @@ def test_tags_of_the_contract(tmp_path, model, gates):
             prefix = f"spectral/{layer}/" + (f"{gate}/" if gate else "")
             assert [s for s, _ in tags[prefix + "radius"]] == probe_steps
             assert tags[prefix + "norm"][0][1] >= tags[prefix + "radius"][0][1] - 1e-6
-    for name in ("pre_norm", "post_norm", "clipped", "events", "fraction"):
-        assert [s for s, _ in tags[f"clip/{name}"]] == list(range(7))
+    assert [s for s, _ in tags["clip/pre_norm"]] == list(range(7))
     assert [s for s, _ in tags["train/loss"]] == list(range(7))
 
 
@@ -60,8 +59,10 @@ def test_logged_profile_is_the_probe_of_that_step(tmp_path):
     module = build_module(cfg, task)
     batch = build_datamodule(cfg, task).make_batch(0, 0, torch.device("cpu"))
     probe = GradientFlowProbe()
-    task.loss(module.model(batch.inputs, layer_call=probe.layer_call), batch.targets).backward()
-    profile = probe.gradient_flow()[0].hidden
+    with probe.attach(module.model):
+        loss = task.loss(module.model(batch.inputs), batch.targets)
+    loss.backward()
+    profile = probe.gradient_flow()["layers/layer0"].hidden
     tags = scalars(out)
     for t in (0, 4, 8, 11):
         assert tags[f"grad_flow/layer0/norm_t{t:04d}"][0][1] == pytest.approx(float(profile[t]), rel=1e-5)
@@ -79,17 +80,55 @@ def test_clipping_events_are_counted(tmp_path):
     assert [v for _, v in tags["clip/fraction"]] == [1.0] * 6
 
 
-def test_clipping_off_and_value_clipping(tmp_path):
+def first_step_gradients(tmp_path: Path, *overrides: str) -> list[torch.Tensor]:
+    """The parameter gradients of step 0 (initial weights, batch 0), computed outside any callback."""
+    import lightning as L
+
+    from rnnflow.runtime.build import build_datamodule, build_module, build_task_from_config
+
+    cfg = compose_config(*TINY, *overrides, output_dir=tmp_path)
+    L.seed_everything(cfg.seed, verbose=False)
+    task = build_task_from_config(cfg)
+    module = build_module(cfg, task)
+    batch = build_datamodule(cfg, task).make_batch(0, 0, torch.device("cpu"))
+    task.loss(module.model(batch.inputs), batch.targets).backward()
+    return [p.grad for p in module.parameters() if p.grad is not None]
+
+
+def test_clipping_off_logs_the_gradient_norm_only(tmp_path):
     _, out = run(tmp_path / "off", "trainer.max_steps=3")
     tags = scalars(out)
-    assert [v for _, v in tags["clip/clipped"]] == [0.0] * 3
-    assert [v for _, v in tags["clip/pre_norm"]] == [v for _, v in tags["clip/post_norm"]]
+    assert not {"clip/post_norm", "clip/clipped", "clip/events", "clip/fraction"} & set(tags)
+    expected = float(
+        torch.linalg.vector_norm(torch.cat([g.flatten() for g in first_step_gradients(tmp_path)]))
+    )
+    assert tags["clip/pre_norm"][0][1] == pytest.approx(expected, rel=1e-5)
+
+
+def test_value_clipping(tmp_path):
     _, out = run(tmp_path / "value", "trainer.max_steps=3", "clip.max_norm=1e-4", "clip.algorithm=value")
     tags = scalars(out)
     assert [v for _, v in tags["clip/clipped"]] == [1.0] * 3
-    assert all(
-        post < pre for (_, pre), (_, post) in zip(tags["clip/pre_norm"], tags["clip/post_norm"], strict=True)
-    )
+    grads = torch.cat([g.flatten() for g in first_step_gradients(tmp_path)])
+    expected = float(torch.linalg.vector_norm(grads.clamp(-1e-4, 1e-4)))
+    assert tags["clip/post_norm"][0][1] == pytest.approx(expected, rel=1e-5)
+    assert tags["clip/pre_norm"][0][1] == pytest.approx(float(torch.linalg.vector_norm(grads)), rel=1e-5)
+
+
+def test_lightning_gradient_clip_val_is_applied_and_observed(tmp_path):
+    """``trainer.gradient_clip_val``: Lightning clips, ClipMonitor logs the events (same tags)."""
+    clipped_run = ("model=rnn", "optim=sgd", "optim.lr=1.0", "trainer.max_steps=4")
+    _, out = run(tmp_path, *clipped_run, "+trainer.gradient_clip_val=1e-3")
+    tags = scalars(out)
+    assert [v for _, v in tags["clip/clipped"]] == [1.0] * 4
+    assert [v for _, v in tags["clip/post_norm"]] == pytest.approx([1e-3] * 4, rel=1e-4)
+    assert [v for _, v in tags["clip/events"]] == [1, 2, 3, 4]
+    # Applied, not only observed: with SGD (lr = 1) the first update differs from an unclipped run's,
+    # so the second step's gradient differs while the first's is the same.
+    _, free = run(tmp_path / "free", *clipped_run)
+    free_pre = [v for _, v in scalars(free)["clip/pre_norm"]]
+    assert free_pre[0] == pytest.approx(tags["clip/pre_norm"][0][1], rel=1e-6)
+    assert abs(free_pre[1] - tags["clip/pre_norm"][1][1]) > 1e-3 * free_pre[1]
 
 
 EXPLODING = [

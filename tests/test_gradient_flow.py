@@ -34,8 +34,13 @@ def _net(cell: str, nonlinearity: str, layers: int, readout: str, **kwargs) -> R
 
 
 def _run(net: RecurrentNet, inputs: torch.Tensor, layer_call) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Forward and backward, through ``layer_call``, or with the probe ``layer_call`` attached."""
     net.zero_grad()
-    outputs = net(inputs, layer_call=layer_call)
+    if isinstance(layer_call, GradientFlowProbe):
+        with layer_call.attach(net):
+            outputs = net(inputs)
+    else:
+        outputs = net(inputs, layer_call=layer_call)
     _loss(outputs).backward()
     return outputs.detach(), [p.grad.clone() for p in net.parameters()]
 
@@ -99,8 +104,8 @@ def test_residual_and_layer_norm_paths_are_included(route, cell, nonlinearity):
     reference = UnrolledReference()
     _run(net, inputs, reference.layer_call)
     probe = GradientFlowProbe(route=route)
-    _run(net, inputs, probe.layer_call)
-    for index, flow in enumerate(probe.gradient_flow()):
+    _run(net, inputs, probe)
+    for index, flow in enumerate(probe.gradient_flow().values()):
         expected = reference.hidden_grads(index).square().sum(dim=(1, 2)).sqrt()
         torch.testing.assert_close(flow.hidden, expected, rtol=1e-10, atol=1e-13)
 
@@ -117,8 +122,9 @@ def test_second_chunk_from_a_carried_state(route, cell, nonlinearity):
     reference = UnrolledReference()
     _loss(net(second, layer_call=reference.layer_call, states=states)).backward()
     probe = GradientFlowProbe(route=route)
-    _loss(net(second, layer_call=probe.layer_call, states=states)).backward()
-    for index, flow in enumerate(probe.gradient_flow()):
+    with probe.attach(net):
+        _loss(net(second, states=states)).backward()
+    for index, flow in enumerate(probe.gradient_flow().values()):
         expected = reference.hidden_grads(index).square().sum(dim=(1, 2)).sqrt()
         torch.testing.assert_close(flow.hidden, expected, rtol=1e-10, atol=1e-13)
         if cell == "lstm":
@@ -149,7 +155,7 @@ def test_probing_does_not_change_outputs_or_parameter_gradients(route, cell, non
     inputs = torch.randn(8, 30, 3, dtype=dtype)
     plain_out, plain_grads = _run(net, inputs, None)
     probe = GradientFlowProbe(route=route)
-    probed_out, probed_grads = _run(net, inputs, probe.layer_call)
+    probed_out, probed_grads = _run(net, inputs, probe)
     torch.testing.assert_close(probed_out, plain_out, rtol=tolerance, atol=tolerance)
     for plain, probed in zip(plain_grads, probed_grads, strict=True):
         torch.testing.assert_close(probed, plain, rtol=tolerance, atol=tolerance)

@@ -10,6 +10,7 @@ import torch
 
 from rnnflow.models import RecurrentNet
 from rnnflow.probes.profile_stats import decay_fit, horizon, log10_ratio, log_spaced_steps
+from rnnflow.probes.recurrent_modules import find_recurrent_modules, named_layers
 from rnnflow.probes.spectral import gate_spectra, network_spectra
 
 
@@ -66,7 +67,7 @@ def test_gate_spectra_closed_form_and_numpy():
 def test_network_spectra_tags_and_spectral_radius_init(cell, gates):
     init = {"recurrent": "orthogonal", "spectral_radius": 1.3}
     net = RecurrentNet(cell, 2, 12, 2, 1, init=init)
-    scalars = network_spectra(net.layers, cell)
+    scalars = network_spectra(named_layers(find_recurrent_modules(net)))
     for layer in range(2):
         for gate in gates or [None]:
             prefix = f"spectral/layer{layer}/" + (f"{gate}/" if gate else "")

@@ -1,34 +1,49 @@
-"""Callback: probe the exact gradient flow through time and write it to TensorBoard.
+"""Callback: probe the exact gradient flow through time of any model's recurrent layers.
 
 On probe steps (step 0, every ``every_n_steps``, and the last batch; see
-:class:`rnnflow.callbacks.schedule.StepSchedule`) the module runs its layers through
-:class:`rnnflow.probes.gradient_flow.GradientFlowProbe`; after backward this callback
-turns the profiles ``n_t = ‖∂L/∂h_t‖_F`` into, per layer L:
+:class:`rnnflow.callbacks.schedule.StepSchedule`) the recurrent modules of the LightningModule
+(every ``nn.RNN``/``nn.LSTM``/``nn.GRU``, or the ``modules`` given) run through
+:class:`rnnflow.probes.gradient_flow.GradientFlowProbe`; after backward this callback turns the
+profiles ``n_t = ‖∂L/∂h_t‖_F`` into, per layer L (``layer0``, …; ``<module>/layer0`` in a model with
+several recurrent modules; ``layer0_reverse`` for a backward direction):
 
 * ``grad_flow/L/log10_ratio``, ``grad_flow/L/decay_rate``, ``grad_flow/L/horizon``
   (see :mod:`rnnflow.probes.profile_stats`),
-* ``grad_flow/L/norm_tNNNN`` at ~8 log-spaced steps (one multiline custom-scalars chart
-  per layer),
+* ``grad_flow/L/norm_tNNNN`` at ~8 log-spaced steps (one multiline custom-scalars chart per layer),
 * LSTM: ``grad_flow/L/cell_log10_ratio``, ``grad_flow/L/cell_decay_rate``,
 * the full profiles ``grad_flow/L/profile`` (hidden, and cell for an LSTM), one tensor summary
   per probe and layer (:mod:`rnnflow.report.profiles`),
-* every ``figure_every_n_steps`` (and at the first and last probe): the image
-  ``grad_flow/profile`` (all layers, with the ρ and α lines) and ``grad_flow/L/heatmap``.
+* every ``figure_every_n_steps`` (and at the first and last probe): the image ``grad_flow/profile``
+  (all layers, with the ρ and α lines) and ``grad_flow/L/heatmap``.
+
+Scalars go through every logger of the trainer; images and layouts to TensorBoard only. Callbacks
+that subclass :class:`rnnflow.callbacks.probe_listener.ProbeListener` receive each probed layer's
+data on the same steps.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any
 
 import lightning as L
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from torch import nn
 
-from rnnflow.callbacks.logging import batch_step, tensorboard_writer
-from rnnflow.callbacks.schedule import StepSchedule
-from rnnflow.probes.gradient_flow import GradientFlowProbe, LayerGradientFlow
+from rnnflow.callbacks.logging import batch_step, log_scalars, tensorboard_experiment
+from rnnflow.callbacks.probe_listener import ProbeListener
+from rnnflow.callbacks.schedule import StepSchedule, is_last_batch
+from rnnflow.probes.gradient_flow import PROBE_ROUTES, GradientFlowProbe, LayerBackward, LayerGradientFlow
 from rnnflow.probes.profile_stats import decay_fit, decay_rate, horizon, log10_ratio, log_spaced_steps
+from rnnflow.probes.recurrent_modules import (
+    LayerKey,
+    cell_of,
+    find_recurrent_modules,
+    named_layers,
+    recurrent_weight,
+)
 from rnnflow.probes.spectral import gate_spectra
 from rnnflow.report.figures import bin_profile, heatmap_figure, profile_figure
 from rnnflow.report.profiles import write_profiles
@@ -42,7 +57,16 @@ def _loss_scale(trainer: L.Trainer) -> float:
 
 
 class GradientFlowMonitor(L.Callback):
-    """Probe every ``every_n_steps`` steps; pictures every ``figure_every_n_steps``."""
+    """Probe every ``every_n_steps`` batches (None: off); pictures every ``figure_every_n_steps``.
+
+    Args:
+        every_n_steps: probe interval in training batches (and at batch 0 and the last batch).
+        figure_every_n_steps: profile and heatmap images interval (None: no images).
+        horizon_factor: ε of ``grad_flow/L/horizon``.
+        probe_route: ``auto``, ``extra_input`` or ``adjoint``
+            (:func:`rnnflow.probes.gradient_flow.choose_route`).
+        modules: ``{name: module}`` to probe instead of every recurrent module of the LightningModule.
+    """
 
     def __init__(
         self,
@@ -50,105 +74,171 @@ class GradientFlowMonitor(L.Callback):
         figure_every_n_steps: int | None = 1000,
         horizon_factor: float = 1e-3,
         probe_route: str = "auto",
+        modules: dict[str, nn.Module] | None = None,
     ) -> None:
+        if probe_route not in PROBE_ROUTES:
+            raise ValueError(f"probe_route={probe_route!r}: expected one of {', '.join(PROBE_ROUTES)}")
         self.every_n_steps = every_n_steps
         self.schedule = StepSchedule(every_n_steps)
         self.figure_every_n_steps = figure_every_n_steps
         self.horizon_factor = horizon_factor
         self.probe_route = probe_route
+        self.modules = modules
         self.heatmap_steps: list[int] = []
-        self.heatmap_rows: list[list[np.ndarray]] = []
-        self._figures_drawn = 0
+        self.heatmap_rows: dict[str, list[np.ndarray]] = {}
+        self._modules: dict[str, nn.Module] = {}
+        self._layers: dict[str, tuple[nn.Module, LayerKey]] = {}
+        self._probe: GradientFlowProbe | None = None
+        self._attached: ExitStack | None = None
+        self._probe_step = 0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        modules = self.modules or find_recurrent_modules(pl_module)
+        if not modules and self.every_n_steps is not None:
+            raise ValueError(
+                f"GradientFlowMonitor: {type(pl_module).__name__} holds no nn.RNN, nn.LSTM or nn.GRU module"
+            )
+        self._modules = modules
+        self._layers = named_layers(modules)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writer = tensorboard_writer(trainer)
+        writer = tensorboard_experiment(trainer)
         if writer is not None and self.every_n_steps is not None:
             layout = {
                 "grad_flow": {
-                    f"layer{i} ‖∂L/∂h_t‖ at log-spaced t": ["Multiline", [rf"grad_flow/layer{i}/norm_t\d+"]]
-                    for i in range(pl_module.model.num_layers)
+                    f"{name} ‖∂L/∂h_t‖ at log-spaced t": ["Multiline", [rf"grad_flow/{name}/norm_t\d+"]]
+                    for name in self._layers
                 }
             }
             writer.add_custom_scalars(layout)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        self._probe_step = batch_step(trainer)
-        due = self.schedule.due(trainer, pl_module)
-        pl_module.probe = GradientFlowProbe(route=self.probe_route) if due else None
+        if not self.schedule.due(trainer, pl_module):
+            return
+        self._probe_step = step = batch_step(trainer)
+        probe = GradientFlowProbe(route=self.probe_route)
+        for callback in trainer.callbacks:
+            if isinstance(callback, ProbeListener):
+                probe.add_consumer(self._handing_over(callback, trainer, pl_module, step))
+        self._attached = ExitStack()
+        self._attached.enter_context(probe.attach(pl_module, self._modules, short_names=True))
+        self._probe = probe
+
+    @staticmethod
+    def _handing_over(
+        listener: ProbeListener, trainer: L.Trainer, pl_module: L.LightningModule, step: int
+    ) -> Any:
+        def consume(layer: LayerBackward) -> None:
+            listener.on_probe_layer(trainer, pl_module, step, layer)
+
+        return consume
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Once per backward (several per batch under truncated BPTT).
-        if getattr(pl_module, "probe", None) is not None:
-            pl_module.probe.collect(grad_scale=_loss_scale(trainer))
+        if self._probe is not None:
+            self._probe.collect(grad_scale=_loss_scale(trainer))
+
+    def _detach(self) -> GradientFlowProbe | None:
+        probe, self._probe = self._probe, None
+        if self._attached is not None:
+            self._attached.close()
+            self._attached = None
+        return probe
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._detach()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        probe = getattr(pl_module, "probe", None)
-        pl_module.probe = None
+        probe = self._detach()
         if probe is None:
             return
-        flows = probe.gradient_flow()
-        writer = tensorboard_writer(trainer)
-        if writer is None or not flows:
-            return
+        flows = probe.gradient_flow(grad_scale=_loss_scale(trainer))
         step = self._probe_step
-        profiles = [flow.hidden.cpu().double().numpy() for flow in flows]
-        for index, (flow, profile) in enumerate(zip(flows, profiles, strict=True)):
-            self._write_scalars(writer, f"grad_flow/layer{index}", flow, profile, step)
-            series = {"hidden": profile}
+        for callback in trainer.callbacks:
+            if isinstance(callback, ProbeListener):
+                callback.on_probe_end(trainer, pl_module, step)
+        if trainer.global_rank != 0 or not flows:
+            return
+        profiles = {name: flow.hidden.cpu().double().numpy() for name, flow in flows.items()}
+        metrics: dict[str, float] = {}
+        for name, flow in flows.items():
+            metrics.update(self._scalars(f"grad_flow/{name}", flow, profiles[name]))
+        log_scalars(trainer, metrics, step)
+        self.heatmap_steps.append(step)
+        for name, profile in profiles.items():
+            self.heatmap_rows.setdefault(name, []).append(bin_profile(profile, HEATMAP_BINS))
+        writer = tensorboard_experiment(trainer)
+        if writer is None:
+            return
+        for name, flow in flows.items():
+            series = {"hidden": profiles[name]}
             if flow.cell is not None:
                 series["cell"] = flow.cell.double().cpu().numpy()
-            write_profiles(writer, "grad_flow", f"layer{index}", step, series)
-        self.heatmap_steps.append(step)
-        self.heatmap_rows.append([bin_profile(p, HEATMAP_BINS) for p in profiles])
+            write_profiles(writer, "grad_flow", name, step, series)
         if self._is_figure_step(trainer, pl_module, step):
-            self._write_figures(writer, pl_module, profiles, step)
+            self._write_figures(writer, profiles, step)
 
-    def _write_scalars(
-        self, writer: Any, prefix: str, flow: LayerGradientFlow, profile: np.ndarray, step: int
-    ) -> None:
+    def _scalars(self, prefix: str, flow: LayerGradientFlow, profile: np.ndarray) -> dict[str, float]:
         hidden = flow.hidden.double().cpu()
-        writer.add_scalar(f"{prefix}/log10_ratio", float(log10_ratio(hidden)), step)
-        writer.add_scalar(f"{prefix}/decay_rate", float(decay_rate(hidden)), step)
-        writer.add_scalar(f"{prefix}/horizon", horizon(hidden, self.horizon_factor), step)
+        metrics = {
+            f"{prefix}/log10_ratio": float(log10_ratio(hidden)),
+            f"{prefix}/decay_rate": float(decay_rate(hidden)),
+            f"{prefix}/horizon": float(horizon(hidden, self.horizon_factor)),
+        }
         width = max(4, len(str(len(profile) - 1)))
         for t in log_spaced_steps(len(profile)):
-            writer.add_scalar(f"{prefix}/norm_t{t:0{width}d}", float(profile[t]), step)
+            metrics[f"{prefix}/norm_t{t:0{width}d}"] = float(profile[t])
         if flow.cell is not None:
             cell = flow.cell.double().cpu()
-            writer.add_scalar(f"{prefix}/cell_log10_ratio", float(log10_ratio(cell)), step)
-            writer.add_scalar(f"{prefix}/cell_decay_rate", float(decay_rate(cell)), step)
+            metrics[f"{prefix}/cell_log10_ratio"] = float(log10_ratio(cell))
+            metrics[f"{prefix}/cell_decay_rate"] = float(decay_rate(cell))
+        return metrics
 
     def _is_figure_step(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> bool:
         if self.figure_every_n_steps is None:
             return False
         first = len(self.heatmap_steps) == 1
-        last = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
         previous = self.heatmap_steps[-2] if len(self.heatmap_steps) > 1 else -1
         crossed = step // self.figure_every_n_steps > previous // self.figure_every_n_steps
-        return first or last or crossed
+        return first or crossed or is_last_batch(trainer, pl_module, started=False)
 
-    def _write_figures(
-        self, writer: Any, pl_module: L.LightningModule, profiles: list[np.ndarray], step: int
-    ) -> None:
-        model = pl_module.model
-        fits = [tuple(float(v) for v in decay_fit(torch.from_numpy(p))) for p in profiles]
+    def _write_figures(self, writer: Any, profiles: dict[str, np.ndarray], step: int) -> None:
+        names = list(profiles)
+        fits = [tuple(float(v) for v in decay_fit(torch.from_numpy(profiles[n]))) for n in names]
         lines: dict[str, list[tuple[float, float] | None]] = {"α (fit)": fits}
-        if model.cell == "rnn":  # the linear prediction ρ^(T-1-t) from the last step
-            radii = [gate_spectra(layer.weight_hh_l0, ("h",))["h"][0] for layer in model.layers]
-            lines = {"ρ(W_hh)": [(r, float(p[-1])) for r, p in zip(radii, profiles, strict=True)], **lines}
-        figure = profile_figure(profiles, f"gradient profile at training step {step}", lines)
+        radii: list[tuple[float, float] | None] = []
+        for name in names:
+            module, key = self._layers.get(name, (None, None))
+            if module is None or cell_of(module) != "rnn":
+                radii.append(None)
+                continue
+            radius = gate_spectra(recurrent_weight(module, key), ("h",))["h"][0]
+            radii.append((radius, float(profiles[name][-1])))
+        if any(r is not None for r in radii):  # the linear prediction ρ^(T-1-t) from the last step
+            lines = {"ρ(W_hh)": radii, **lines}
+        figure = profile_figure(
+            [profiles[n] for n in names], f"gradient profile at training step {step}", lines, names
+        )
         writer.add_figure("grad_flow/profile", figure, step)
-        for index in range(len(profiles)):
-            rows = np.stack([row[index] for row in self.heatmap_rows])
-            figure = heatmap_figure(self.heatmap_steps, rows, f"layer{index}: gradient reach over training")
-            writer.add_figure(f"grad_flow/layer{index}/heatmap", figure, step)
+        for name in names:
+            rows = self.heatmap_rows.get(name, [])
+            if len(rows) != len(self.heatmap_steps):
+                continue  # a layer that was not probed at every step (its module unused on some batches)
+            title = f"{name}: gradient reach over training"
+            figure = heatmap_figure(self.heatmap_steps, np.stack(rows), title)
+            writer.add_figure(f"grad_flow/{name}/heatmap", figure, step)
         plt.close("all")
 
     def state_dict(self) -> dict[str, Any]:
-        rows = [[r.tolist() for r in row] for row in self.heatmap_rows]
+        rows = {name: [r.tolist() for r in rows] for name, rows in self.heatmap_rows.items()}
         return {"heatmap_steps": list(self.heatmap_steps), "heatmap_rows": rows, **self.schedule.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.schedule.load_state_dict(state_dict)
         self.heatmap_steps = list(state_dict.get("heatmap_steps", []))
-        self.heatmap_rows = [[np.asarray(r) for r in row] for row in state_dict.get("heatmap_rows", [])]
+        rows = state_dict.get("heatmap_rows", {})
+        if isinstance(rows, list):  # checkpoints before named layers: one list of per-layer rows per step
+            rows = {f"layer{i}": [row[i] for row in rows] for i in range(len(rows[0]) if rows else 0)}
+        self.heatmap_rows = {name: [np.asarray(r) for r in layer] for name, layer in rows.items()}

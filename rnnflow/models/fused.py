@@ -34,6 +34,7 @@ import torch
 from torch import _VF, nn
 
 KERNELS = {"rnn_tanh": _VF.rnn_tanh, "rnn_relu": _VF.rnn_relu, "lstm": _VF.lstm, "gru": _VF.gru}
+KERNEL_OF_MODE = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
 GATE_COUNT = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
 
@@ -103,8 +104,10 @@ def fused_spec(layer: nn.Module) -> FusedSpec:
         raise TypeError(f"expected a single-layer unidirectional fused RNN, got {layer!r}")
     if layer.proj_size:
         raise TypeError("LSTM projections (proj_size > 0) are not supported")
-    kernel = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}[layer.mode]
-    return FusedSpec(kernel, list(layer._flat_weights), layer.hidden_size, layer.batch_first, layer.training)
+    names = ["weight_ih_l0", "weight_hh_l0"] + (["bias_ih_l0", "bias_hh_l0"] if layer.bias else [])
+    weights = [getattr(layer, name) for name in names]
+    kernel = KERNEL_OF_MODE[layer.mode]
+    return FusedSpec(kernel, weights, layer.hidden_size, layer.batch_first, layer.training)
 
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # (1, B, H), or (h, c) for the LSTM

@@ -46,7 +46,10 @@ The reported profile is the Frobenius norm over batch and units,
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -54,6 +57,13 @@ from torch import nn
 
 from rnnflow.models.fused import FusedSpec, State, fused_spec, initial_state, run_fused
 from rnnflow.probes.adjoint import AdjointRecord, adjoint_call, supports_adjoint
+from rnnflow.probes.recurrent_modules import (
+    LayerKey,
+    find_recurrent_modules,
+    layer_keys,
+    run_layer_by_layer,
+)
+from rnnflow.probes.recurrent_modules import short_names as tag_names
 
 
 @dataclass
@@ -66,9 +76,17 @@ class ProbeGradients:
     width: int  # K, the extra input's width
     direct: torch.Tensor | None = None  # ∂L/∂u from above (head, next layer), (T, B, H)
     extra: torch.Tensor | None = None  # ∂L/∂e = Aᵀ δ, (T, B, K)
+    final_hidden: torch.Tensor | None = None  # ∂L/∂u_{T-1} through the returned final state, (1, B, H)
+    final_cell: torch.Tensor | None = None  # ∂L/∂c_{T-1} through the returned final cell state (LSTM)
 
     def keep_direct(self, grad: torch.Tensor) -> None:
         self.direct = grad
+
+    def keep_final_hidden(self, grad: torch.Tensor) -> None:
+        self.final_hidden = grad
+
+    def keep_final_cell(self, grad: torch.Tensor) -> None:
+        self.final_cell = grad
 
 
 @dataclass
@@ -169,7 +187,13 @@ def probed_layer_call(
     ``route``: ``extra_input`` (fused forward and backward, zero extra input; any cell),
     ``adjoint`` (fused forward, hand-written backward; rnn and lstm), or ``auto``.
     """
-    spec = fused_spec(layer)
+    return probed_call(fused_spec(layer), inputs, state, route)
+
+
+def probed_call(
+    spec: FusedSpec, inputs: torch.Tensor, state: State | None = None, route: str = "extra_input"
+) -> tuple[torch.Tensor, State, ProbedLayer | AdjointRecord]:
+    """:func:`probed_layer_call` for the fused call ``spec`` describes."""
     start = initial_state(spec, inputs) if state is None else state
     if choose_route(spec, inputs.device, route) == "adjoint":
         raw, final, record = adjoint_call(spec, inputs, start)
@@ -183,6 +207,12 @@ def probed_layer_call(
         raw, final = run_fused(time_major, combined, state=start, raw_output=True)
         if raw.requires_grad:
             raw.register_hook(sink.keep_direct)
+            # A loss that reads the final state (``out, h_n = rnn(x)``; ``head(h_n[-1])``) reaches
+            # u_{T-1} (and c_{T-1}) through it, besides the output.
+            final_hidden, final_cell = final if isinstance(final, tuple) else (final, None)
+            final_hidden.register_hook(sink.keep_final_hidden)
+            if final_cell is not None:
+                final_cell.register_hook(sink.keep_final_cell)
         start_hidden = start[0] if isinstance(start, tuple) else start
         record = ProbedLayer(spec, inputs.detach(), start_hidden.detach(), raw, sink)
         raw = raw.transpose(0, 1) if spec.batch_first else raw  # the layout nn.RNN returns too
@@ -262,9 +292,16 @@ def _reverse_scan_(
 
 
 def _lstm_cell_grad(
-    spec: FusedSpec, x: torch.Tensor, u: torch.Tensor, initial: torch.Tensor, dh: torch.Tensor
+    spec: FusedSpec,
+    x: torch.Tensor,
+    u: torch.Tensor,
+    initial: torch.Tensor,
+    dh: torch.Tensor,
+    final_cell: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``∂L/∂c_t`` for all t (time-major ``(T, B, H)``) from the states and ``∂L/∂h_t``.
+
+    ``final_cell``: ``∂L/∂c_{T-1}`` arriving through the returned final cell state ``(B, H)``, if any.
 
     ``c_t`` itself is never needed: ``h_t = o_t ⊙ tanh(c_t)`` gives ``tanh(c_t) = h_t / o_t``
     (``o_t > 0``; where ``o_t`` underflows to 0, ``h_t = 0`` and the term vanishes), so
@@ -282,7 +319,7 @@ def _lstm_cell_grad(
     through_tanh, safe_o = u.new_empty(block, batch, hidden), u.new_empty(block, batch, hidden)
     tiny = torch.finfo(u.dtype).tiny
     dc = torch.empty_like(u)
-    after: tuple[torch.Tensor, torch.Tensor] | None = None
+    after = None if final_cell is None else (final_cell, torch.ones_like(final_cell))
     for stop in range(steps, 0, -block):
         start = max(0, stop - block)
         n = stop - start
@@ -327,6 +364,8 @@ def total_hidden_gradients(
         du = torch.empty_like(u)
         torch.add(direct[:-1], extra[1:, :, :hidden], out=du[:-1])
         du[-1] = direct[-1]
+        if gradients.final_hidden is not None:
+            du[-1] += gradients.final_hidden[0].to(dtype)
         if spec.cell == "gru":
             steps, batch, _ = u.shape
             buffer = u.new_empty(steps * batch, 2 * hidden)
@@ -335,7 +374,8 @@ def total_hidden_gradients(
             w_hn = spec.weights[1].detach().to(dtype)[2 * hidden :]
             du[:-1].view(-1, hidden).addmm_((extra[1:, :, hidden:] * r[1:]).flatten(0, 1), w_hn)
             _reverse_scan_(du, z)
-        dc = _lstm_cell_grad(spec, x, u, initial, du) if spec.cell == "lstm" else None
+        final_cell = None if gradients.final_cell is None else gradients.final_cell[0].to(dtype)
+        dc = _lstm_cell_grad(spec, x, u, initial, du, final_cell) if spec.cell == "lstm" else None
         # h = s·u + c  ⇒  ∂L/∂h = ∂L/∂u / s.
         scale = spec.out_scale * grad_scale
         if scale != 1.0:
@@ -351,47 +391,176 @@ def frobenius_per_step(gradients: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class GradientFlowProbe:
-    """Collects probed layer calls; reads the per-step profiles after each backward.
+class LayerBackward:
+    """One probed layer call after its backward: what an instrument may need, time-major.
 
-    Usage::
+    Handed to the probe's consumers (:meth:`GradientFlowProbe.add_consumer`) before the tensors are
+    freed. Kernel space (``u``; ``h = out_scale·u + out_shift``, the identity but for the sigmoid RNN).
 
-        probe = GradientFlowProbe()
-        loss = task.loss(model(x, layer_call=probe.layer_call), y)
-        loss.backward()
-        flows = probe.gradient_flow()     # one LayerGradientFlow per layer
-
-    With truncated BPTT, call :meth:`collect` after each chunk's backward; the profiles of
-    the chunks of one layer are then concatenated along time by :meth:`gradient_flow`.
+    Attributes:
+        name: the layer's full name (``"model.layers/layer0"``, ``"rnn/layer1_reverse"``).
+        spec: the single-layer fused call (kernel, weights ``[W_ih, W_hh, b_ih, b_hh]``, sizes).
+        inputs: ``x`` ``(T, B, I)``, detached (a reverse direction's in its own processing order).
+        outputs: ``u`` ``(T, B, H)``, detached.
+        initial: ``u_{-1}`` ``(B, H)``; ``initial_cell``: ``c_{-1}`` ``(B, H)`` (LSTM) or None.
+        hidden_grad: total ``∂L/∂h_t`` ``(T, B, H)`` (float32 or wider).
+        cell_grad: total ``∂L/∂c_t`` ``(T, B, H)`` (LSTM) or None.
     """
 
-    route: str = "auto"
-    records: list[tuple[int, ProbedLayer | AdjointRecord]] = field(default_factory=list)
-    collected: dict[int, list[LayerGradientFlow]] = field(default_factory=dict)
+    name: str
+    spec: FusedSpec
+    inputs: torch.Tensor
+    outputs: torch.Tensor
+    initial: torch.Tensor
+    initial_cell: torch.Tensor | None
+    hidden_grad: torch.Tensor
+    cell_grad: torch.Tensor | None
 
-    def layer_call(
-        self, index: int, layer: nn.Module, inputs: torch.Tensor, state: State | None = None
+
+@dataclass
+class _ProbedCall:
+    name: str
+    spec: FusedSpec
+    inputs: torch.Tensor  # time-major, detached
+    state: State  # detached start state
+    record: ProbedLayer | AdjointRecord
+
+
+class GradientFlowProbe:
+    """Exact ``‖∂L/∂h_t‖`` at every step of every recurrent layer of a model, for one step's backward.
+
+    Usage (any model holding ``nn.RNN``/``nn.LSTM``/``nn.GRU`` modules)::
+
+        probe = GradientFlowProbe()
+        with probe.attach(model):            # patches the recurrent modules' forward
+            loss = criterion(model(x), y)
+        loss.backward()
+        flows = probe.gradient_flow()        # {layer name: LayerGradientFlow}
+
+    While attached, each recurrent module runs as single-layer fused calls
+    (:func:`rnnflow.probes.recurrent_modules.run_layer_by_layer`) through :func:`probed_call`. With
+    truncated BPTT (several forward/backward pairs per step), call :meth:`collect` after each
+    backward; the chunks of one layer are then concatenated along time by :meth:`gradient_flow`.
+    Calls made with autograd off (``torch.no_grad``) run the module as it is.
+    """
+
+    def __init__(self, route: str = "auto") -> None:
+        if route not in PROBE_ROUTES:
+            raise ValueError(f"route={route!r}: expected one of {', '.join(PROBE_ROUTES)}")
+        self.route = route
+        self.calls: list[_ProbedCall] = []
+        self.collected: dict[str, list[LayerGradientFlow]] = {}
+        self.consumers: list[Callable[[LayerBackward], None]] = []
+
+    def add_consumer(self, consumer: Callable[[LayerBackward], None]) -> None:
+        """Call ``consumer(layer_backward)`` for every probed call at :meth:`collect`."""
+        self.consumers.append(consumer)
+
+    @contextmanager
+    def attach(
+        self, model: nn.Module, modules: dict[str, nn.Module] | None = None, short_names: bool = False
+    ) -> Iterator[None]:
+        """Probe ``modules`` (default: every recurrent module of ``model``) while the block runs.
+
+        Layers are named as :mod:`rnnflow.probes.recurrent_modules` says (``"rnn/layer0"``); with
+        ``short_names``, by their tag names (``"layer0"`` where the model has a single stack).
+        """
+        modules = find_recurrent_modules(model) if modules is None else modules
+        keys = layer_keys(modules)
+        if short_names:
+            rename = tag_names(keys)
+            keys = {m: [replace(k, name=rename[k.name]) for k in ks] for m, ks in keys.items()}
+        patched = []
+        try:
+            for name, module in modules.items():
+                if "forward" in vars(module):
+                    raise RuntimeError(f"rnnflow: {name}.forward is already replaced (probe attached twice?)")
+                module.forward = partial(self._forward, module, keys[name])
+                patched.append(module)
+            yield
+        finally:
+            for module in patched:
+                del module.forward
+
+    def _forward(self, module: nn.Module, keys: list[LayerKey], inputs: Any, hx: Any = None) -> Any:
+        if not torch.is_grad_enabled():
+            return type(module).forward(module, inputs, hx)
+        return run_layer_by_layer(module, inputs, hx, self._call, keys)
+
+    def _call(
+        self, key: LayerKey, spec: FusedSpec, inputs: torch.Tensor, state: State | None
     ) -> tuple[torch.Tensor, State]:
-        hidden, final, record = probed_layer_call(layer, inputs, state, self.route)
-        self.records.append((index, record))
+        start = initial_state(spec, inputs) if state is None else state
+        hidden, final, record = probed_call(spec, inputs, start, self.route)
+        detached = tuple(s.detach() for s in start) if isinstance(start, tuple) else start.detach()
+        self.calls.append(_ProbedCall(key.name, spec, inputs.detach(), detached, record))
         return hidden, final
 
     def collect(self, grad_scale: float = 1.0) -> None:
-        """Turn the calls since the last backward into profiles (frees their tensors)."""
-        for index, record in self.records:
-            dh, dc = total_hidden_gradients(record, grad_scale)
+        """Turn the calls since the last backward into profiles (and consumers' records); frees them."""
+        for call in self.calls:
+            dh, dc = total_hidden_gradients(call.record, grad_scale)
+            if self.consumers:
+                layer = self._layer_backward(call, dh, dc)
+                for consumer in self.consumers:
+                    consumer(layer)
             cell = None if dc is None else frobenius_per_step(dc)
-            self.collected.setdefault(index, []).append(LayerGradientFlow(frobenius_per_step(dh), cell))
-        self.records.clear()
+            self.collected.setdefault(call.name, []).append(LayerGradientFlow(frobenius_per_step(dh), cell))
+        self.calls.clear()
 
-    def gradient_flow(self, grad_scale: float = 1.0) -> list[LayerGradientFlow]:
+    @staticmethod
+    def _layer_backward(call: _ProbedCall, dh: torch.Tensor, dc: torch.Tensor | None) -> LayerBackward:
+        spec = call.spec
+        u = call.record.raw_output if isinstance(call.record, ProbedLayer) else call.record.output
+        u = _time_major(u.detach(), spec.batch_first and isinstance(call.record, AdjointRecord))
+        h0, c0 = call.state if isinstance(call.state, tuple) else (call.state, None)
+        return LayerBackward(call.name, spec, call.inputs, u, h0[0], None if c0 is None else c0[0], dh, dc)
+
+    def gradient_flow(self, grad_scale: float = 1.0) -> dict[str, LayerGradientFlow]:
         """One profile per layer over the whole sequence (chunks concatenated in call order)."""
         self.collect(grad_scale)
-        flows = []
-        for index in sorted(self.collected):
-            parts = self.collected[index]
+        flows = {}
+        for name, parts in self.collected.items():
             cells = [p.cell for p in parts]
             cell = None if any(c is None for c in cells) else torch.cat(cells)
-            flows.append(LayerGradientFlow(torch.cat([p.hidden for p in parts]), cell))
+            flows[name] = LayerGradientFlow(torch.cat([p.hidden for p in parts]), cell)
         self.collected.clear()
         return flows
+
+
+@dataclass
+class GradientFlow:
+    """What :func:`gradient_flow` hands back, filled when its block ends.
+
+    Attributes:
+        profiles: ``{layer name: (T,) ‖∂L/∂h_t‖_F}`` (the names of :mod:`rnnflow.probes.recurrent_modules`:
+            ``"rnn/layer0"``, ``"encoder.lstm/layer1_reverse"``, ...).
+        cell_profiles: ``{layer name: (T,) ‖∂L/∂c_t‖_F}`` for LSTM layers.
+    """
+
+    profiles: dict[str, torch.Tensor] = field(default_factory=dict)
+    cell_profiles: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@contextmanager
+def gradient_flow(
+    model: nn.Module, modules: dict[str, nn.Module] | None = None, route: str = "auto"
+) -> Iterator[GradientFlow]:
+    """Exact per-step gradient flow of one forward and backward in plain PyTorch::
+
+        with rnnflow.gradient_flow(model) as flow:
+            loss = criterion(model(x), y)
+            loss.backward()
+        flow.profiles["rnn/layer0"]        # (T,) ‖∂L/∂h_t‖ for every t
+
+    ``modules``: ``{name: module}`` to probe instead of every recurrent module of ``model``.
+    The parameters' gradients are the fused computation's (see :func:`probed_call`).
+    """
+    probe = GradientFlowProbe(route)
+    result = GradientFlow()
+    with probe.attach(model, modules):
+        yield result
+    for name, flow in probe.gradient_flow().items():
+        result.profiles[name] = flow.hidden
+        if flow.cell is not None:
+            result.cell_profiles[name] = flow.cell

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from rnnflow.models import GATES
+from rnnflow.probes.recurrent_modules import LayerKey, cell_of, recurrent_weight
 
 
 def gate_spectra(weight_hh: torch.Tensor, gate_names: tuple[str, ...]) -> dict[str, tuple[float, float]]:
@@ -29,13 +30,16 @@ def gate_spectra(weight_hh: torch.Tensor, gate_names: tuple[str, ...]) -> dict[s
     return {gate: (float(r), float(n)) for gate, r, n in zip(gate_names, radii, norms, strict=True)}
 
 
-def network_spectra(layers: nn.ModuleList, cell: str) -> dict[str, float]:
-    """Flat ``{"spectral/layer0/radius": …}`` (rnn) or ``{"spectral/layer0/f/radius": …}``."""
-    gate_names = GATES[cell]
+def network_spectra(layers: dict[str, tuple[nn.Module, LayerKey]]) -> dict[str, float]:
+    """Flat ``{"spectral/L/radius": …}`` (rnn) or ``{"spectral/L/f/radius": …}`` for every layer ``L``.
+
+    ``layers``: ``{layer name: (module, key)}`` (:func:`rnnflow.probes.recurrent_modules.named_layers`).
+    """
     scalars: dict[str, float] = {}
-    for index, layer in enumerate(layers):
-        for gate, (radius, norm) in gate_spectra(layer.weight_hh_l0, gate_names).items():
-            prefix = f"spectral/layer{index}/" + ("" if cell == "rnn" else f"{gate}/")
+    for name, (module, key) in layers.items():
+        cell = cell_of(module)
+        for gate, (radius, norm) in gate_spectra(recurrent_weight(module, key), GATES[cell]).items():
+            prefix = f"spectral/{name}/" + ("" if cell == "rnn" else f"{gate}/")
             scalars[prefix + "radius"] = radius
             scalars[prefix + "norm"] = norm
     return scalars

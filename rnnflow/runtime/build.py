@@ -68,10 +68,6 @@ def build_module(cfg: DictConfig, task: SyntheticTask) -> RecurrentTaskModule:
         model=build_model(cfg, task),
         task=task,
         optimizer=hydra.utils.instantiate(cfg.optim),
-        clip_max_norm=cfg.clip.max_norm,
-        clip_algorithm=cfg.clip.algorithm,
-        nonfinite_policy=cfg.nonfinite.policy,
-        nonfinite_max_consecutive=cfg.nonfinite.max_consecutive,
         tbptt_chunk=cfg.tbptt.chunk,
         hparams=flat_hparams(cfg),
     )
