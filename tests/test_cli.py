@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import csv
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, TINY, read_scalars
 
 
+def train_script(python: str, run_dir: Path, *overrides: str) -> None:
+    """``python scripts/train.py`` with the tiny config and ``overrides``, writing into ``run_dir``."""
+    command = [python, "scripts/train.py", *TINY, *overrides, f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_train_script_writes_tensorboard_and_checkpoint(tmp_path, python):
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [
-            python,
-            "scripts/train.py",
-            *TINY,
-            "model=gru",
-            "task=copy",
-            "trainer.max_steps=3",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    train_script(python, run_dir, "model=gru", "task=copy", "trainer.max_steps=3")
     tags = read_scalars(run_dir)
     assert [s for s, _ in tags["train/loss"]] == [0, 1, 2]
     assert {"val/loss", "val/accuracy", "val/baseline_loss", "grad_flow/layer0/log10_ratio"} <= set(tags)
@@ -38,25 +31,16 @@ def test_train_script_writes_tensorboard_and_checkpoint(tmp_path, python):
 def test_csv_logger_gets_every_rnnflow_scalar(tmp_path, python):
     """``logger=[tensorboard,csv]``: the same rnnflow scalars in metrics.csv as in the event file."""
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [
-            python,
-            "scripts/train.py",
-            *TINY,
-            "model=lstm",
-            "trainer.max_steps=4",
-            "clip.max_norm=0.5",
-            "diagnostics.every_n_steps=2",
-            "diagnostics.spectral_every_n_steps=2",
-            "logger=[tensorboard,csv]",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    train_script(
+        python,
+        run_dir,
+        "model=lstm",
+        "trainer.max_steps=4",
+        "clip.max_norm=0.5",
+        "diagnostics.every_n_steps=2",
+        "diagnostics.spectral_every_n_steps=2",
+        "logger=[tensorboard,csv]",
     )
-    assert result.returncode == 0, result.stderr[-2000:]
     rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
     columns = set(rows[0])
     tags = read_scalars(run_dir)

@@ -154,7 +154,11 @@ def test_perfect_predictions_are_solved(case):
     if task.has_accuracy:
         assert metrics["accuracy"] == 1.0
     assert task.solved(loss, metrics)
-    assert task.criterion
+    # The criterion is not met by an uninformed prediction (zeros: a constant 0, or uniform logits).
+    uninformed = torch.zeros_like(outputs)
+    assert not task.solved(
+        float(task.loss(uninformed, batch.targets)), float_metrics(task, uninformed, batch.targets)
+    )
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -281,7 +281,8 @@ def _reverse_scan_(
     ``after = (y_n, decay_n)``, the step after the block, continues a scan from a later block
     (the block's last row gets ``decay_n ⊙ y_n``); without it ``y_{n-1} = values_{n-1}``.
     A loop of in-place fused multiply-adds over ``unbind`` views (indexing ``x[t]`` in a loop
-    that autograd records is O(T²), DESIGN fact 3; no autograd here, but unbind is as cheap).
+    that autograd records is O(T²): each select's backward allocates a full-size zero tensor; no
+    autograd here, but unbind is as cheap).
     """
     rows, decays = values.unbind(0), decay.unbind(0)
     if after is not None:

@@ -8,7 +8,7 @@ gru: ``r z n``):
 * ``norm = ‖W‖₂ = σ_max(W)``: a bound on one step's amplification (``ρ ≤ ‖W‖₂``);
   for a tanh RNN the per-step Jacobian norm is at most ``‖W‖₂``, for sigmoid ``‖W‖₂ / 4``.
 
-Eigenvalues are LAPACK on the CPU (a GPU tensor is copied; DESIGN fact 6: ~12 ms at
+Eigenvalues are LAPACK on the CPU (a GPU tensor is copied; measured ~12 ms at
 H = 256), so this runs every ``diagnostics.spectral_every_n_steps`` steps, not every step.
 """
 

@@ -2,7 +2,7 @@
 
 * A Hydra sweep (``-m``) whose jobs use plain ``strategy: ddp`` on several processes is
   refused: Lightning relaunches ``sys.argv`` for every extra rank, and the relaunched
-  process re-runs the whole sweep (DESIGN fact 8). Sweeps whose jobs use several devices
+  process re-runs the whole sweep (rank 1 would start every job again). Sweeps whose jobs use several devices
   use ``ddp_spawn``. A cluster that starts the ranks itself (SLURM through Hydra's submitit
   launcher, ``torchrun``) is fine: Lightning then relaunches nothing.
 * In a sweep on a machine with several GPUs, Hydra's launchers do not spread jobs over the

@@ -1,7 +1,9 @@
 """Process-wide CPU settings of a run: flush subnormal floats, keep freed host memory.
 
 ``cpu_flush_denormal``: vanishing gradients underflow into subnormal floats, which the CPU
-handles ~2.7x slower (DESIGN fact 4); flushing them to zero changes no visible result.
+handles slowly on some CPUs (up to ~2.7x measured for a plain LSTM step on one machine, ~1.0x
+on others; ``scripts/bench.py`` reports ``denormal_slowdown``). Flushing them to zero changes
+values below float32's smallest normal number (~1.2e-38) only.
 
 ``cpu_keep_freed_memory``: keep freed host memory in the process, so that a CPU training step
 does not page-fault.

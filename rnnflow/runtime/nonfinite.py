@@ -21,7 +21,6 @@ import math
 from typing import Any
 
 import lightning as L
-import torch
 from torch import nn
 
 NONFINITE_POLICIES = ("skip", "stop", "raise")
@@ -37,13 +36,9 @@ class NonFiniteGuard(L.Callback):
         self.events = 0
         self.consecutive = 0
 
-    def on_before_optimizer_step(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
         params = [p for p in pl_module.parameters() if p.grad is not None]
-        if not params:
-            return
-        norm = float(nn.utils.get_total_norm([p.grad for p in params]))  # the one host sync per step
+        norm = float(nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0  # one host sync
         if math.isfinite(norm):
             self.consecutive = 0
             return

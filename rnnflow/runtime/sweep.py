@@ -6,7 +6,8 @@ sweep :class:`SweepFailureSummary` (a Hydra callback) lists the failed jobs with
 line of their error and exits with status 1. A single run still fails loudly.
 
 :class:`SweepLaunchCheck` refuses, before the first job, a sweep whose jobs would use plain
-multi-process ``ddp`` (DESIGN fact 8; see :mod:`rnnflow.runtime.devices`): one line, exit 2.
+multi-process ``ddp`` (its relaunched ranks would re-run the sweep; see
+:mod:`rnnflow.runtime.devices`): one line, exit 2.
 Sweeps that choose the strategy per job (``trainer=ddp,ddp_spawn``) are checked in each job.
 """
 
