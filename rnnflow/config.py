@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rnnflow.models import BIAS_SCHEMES, INPUT_SCHEMES, NONLINEARITIES, RECURRENT_SCHEMES
+from rnnflow.models import BIAS_SCHEMES, FORGET_BIAS_SCHEMES, INPUT_SCHEMES, NONLINEARITIES, RECURRENT_SCHEMES
 from rnnflow.probes.gradient_flow import PROBE_ROUTES
 from rnnflow.tasks import TASKS, build_task
 
@@ -99,7 +99,27 @@ def _check_model(c: _Checker) -> None:
             "model.init.spectral_radius",
             "null when model.init.recurrent=zeros (a zero matrix has no radius to rescale)",
         )
-    c.number("model.init.forget_bias", optional=True)
+    forget_bias = _get(c.cfg, "model.init.forget_bias")
+    if forget_bias not in FORGET_BIAS_SCHEMES:
+        c.rule(
+            forget_bias is None
+            or (isinstance(forget_bias, (int, float)) and not isinstance(forget_bias, bool)),
+            "model.init.forget_bias",
+            "a number, " + ", ".join(FORGET_BIAS_SCHEMES) + " or null",
+        )
+    chrono_max = _get(c.cfg, "model.init.chrono_max")
+    c.rule(
+        chrono_max is None
+        or (isinstance(chrono_max, (int, float)) and not isinstance(chrono_max, bool) and chrono_max > 2),
+        "model.init.chrono_max",
+        "a number > 2 (T_max of chrono init) or null (= task.seq_len)",
+    )
+    if forget_bias == "chrono" and chrono_max is None:
+        c.rule(
+            _get(c.cfg, "task.seq_len") > 2,
+            "task.seq_len",
+            "> 2 for forget_bias=chrono, or set model.init.chrono_max",
+        )
     if cell != "lstm":
         c.rule(not c.has("model.init.forget_bias"), "model.init.forget_bias", "null unless model.cell=lstm")
 
@@ -136,6 +156,25 @@ def _check_training(c: _Checker) -> None:
     c.positive("diagnostics.horizon_factor")
     c.rule(_get(c.cfg, "diagnostics.horizon_factor") < 1, "diagnostics.horizon_factor", "a number in (0, 1)")
     c.choice("diagnostics.probe_route", PROBE_ROUTES)
+    for instrument in ("activations", "gates", "lyapunov", "credit", "parameters", "verdict"):
+        c.flag(f"diagnostics.{instrument}")
+    c.positive("diagnostics.saturation_threshold")
+    c.rule(
+        _get(c.cfg, "diagnostics.saturation_threshold") < 1,
+        "diagnostics.saturation_threshold",
+        "a number in (0, 1)",
+    )
+    c.integer("diagnostics.lyapunov_count", 1)
+    c.integer("diagnostics.lyapunov_sequences", 1)
+    c.integer("diagnostics.lyapunov_qr_every", 1)
+    c.integer("diagnostics.explain_sequences", 1, optional=True)
+    hidden = _get(c.cfg, "model.hidden_size")
+    states = 2 * hidden if _get(c.cfg, "model.cell") == "lstm" else hidden
+    c.rule(
+        _get(c.cfg, "diagnostics.lyapunov_count") <= states,
+        "diagnostics.lyapunov_count",
+        f"at most the state dimension {states} (hidden_size, 2·hidden_size for the LSTM's (h, c))",
+    )
     c.integer("tbptt.chunk", 1, optional=True)
     c.choice("nonfinite.policy", NONFINITE_POLICIES)
     c.integer("nonfinite.max_consecutive", 1)

@@ -30,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:
         print(f"report: {error}", file=sys.stderr)
         return 2
+    text = report.read_text()
+    for section in ("## Why it vanishes", "## Gradient through depth", "## Verdicts"):
+        if section in text:  # print the explanatory tables and verdicts (up to the next section)
+            body = text.split(section, 1)[1].split("\n## ", 1)[0]
+            print(section + body.rstrip() + "\n")
     print(f"report: wrote {report}")
     return 0
 

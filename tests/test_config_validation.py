@@ -92,3 +92,23 @@ def test_cli_fails_fast_with_one_line_and_writes_nothing(tmp_path, python):
     assert errors == ["rnnflow: invalid config: model.hidden_size=0: expected an integer >= 1"]
     assert elapsed < 60
     assert not (run_dir / "tb").exists() and not (run_dir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.init.forget_bias=warp"], "model.init.forget_bias='warp': expected a number, chrono or null"),
+        (
+            ["model.init.forget_bias=chrono", "model.init.chrono_max=2"],
+            "model.init.chrono_max=2: expected a number > 2",
+        ),
+        (
+            ["model.init.forget_bias=chrono", "task.seq_len=2"],
+            "task.seq_len=2: expected > 2 for forget_bias=chrono",
+        ),
+    ],
+)
+def test_chrono_init_values(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        validate_config(compose_config("model=lstm", *overrides))
+    validate_config(compose_config("model=lstm", "model.init.forget_bias=chrono"))

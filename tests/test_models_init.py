@@ -63,3 +63,34 @@ def test_normal_std_and_model_wiring():
     net = RecurrentNet("rnn", 3, 64, 2, 1, nonlinearity="sigmoid", init={"recurrent": "normal", "std": 1.0})
     assert all(isinstance(layer, SigmoidRNN) for layer in net.layers)
     assert net.layers[1].weight_hh_l0.std().item() == pytest.approx(1.0, rel=0.05)
+
+
+def test_chrono_init_draws_log_uniform_forget_bias_and_opposite_input_bias():
+    torch.manual_seed(0)
+    layer = nn.LSTM(3, 4000)
+    initialise_recurrent_layer_(layer, "lstm", forget_bias="chrono", chrono_max=101)
+    total = (layer.bias_ih_l0 + layer.bias_hh_l0).detach().double()
+    forget, input_gate = total[4000:8000], total[:4000]
+    torch.testing.assert_close(input_gate, -forget)
+    # b_f = ln u, u ~ U(1, 100): exp(b_f) uniform on [1, 100] (mean 50.5, std 99/√12).
+    u = forget.exp()
+    assert float(u.min()) >= 1.0 - 1e-5 and float(u.max()) <= 100.0 + 1e-3
+    assert float(u.mean()) == pytest.approx(50.5, rel=0.03)
+    assert float(u.std()) == pytest.approx(99 / math.sqrt(12), rel=0.03)
+    others = total[8000:]  # g and o keep PyTorch's default biases
+    assert float(others.abs().max()) <= 2 / math.sqrt(4000) + 1e-6
+
+
+def test_chrono_max_defaults_to_task_seq_len():
+    from conftest import compose_config
+
+    from rnnflow.runtime.build import build_model, build_task_from_config
+
+    torch.manual_seed(0)
+    cfg = compose_config(
+        "model=lstm", "model.hidden_size=512", "model.init.forget_bias=chrono", "task.seq_len=30"
+    )
+    model = build_model(cfg, build_task_from_config(cfg))
+    layer = model.layers[0]
+    forget = (layer.bias_ih_l0 + layer.bias_hh_l0)[512:1024].detach().double().exp()
+    assert float(forget.max()) <= 29.0 + 1e-4 and float(forget.max()) > 25.0

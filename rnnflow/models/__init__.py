@@ -3,6 +3,7 @@
 from rnnflow.models.fused import FusedSpec, SigmoidRNN, fused_spec, run_fused
 from rnnflow.models.init import (
     BIAS_SCHEMES,
+    FORGET_BIAS_SCHEMES,
     GATES,
     INPUT_SCHEMES,
     RECURRENT_SCHEMES,
@@ -14,6 +15,7 @@ from rnnflow.models.recurrent_net import CELLS, NONLINEARITIES, RecurrentNet
 __all__ = [
     "BIAS_SCHEMES",
     "CELLS",
+    "FORGET_BIAS_SCHEMES",
     "GATES",
     "INPUT_SCHEMES",
     "NONLINEARITIES",

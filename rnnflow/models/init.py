@@ -16,7 +16,15 @@ Schemes (``model.init.recurrent`` / ``model.init.input``):
 * ``zeros``: all zeros.
 
 Biases (``model.init.bias``): ``default`` or ``zeros``. LSTM ``model.init.forget_bias``
-sets the forget gate's total bias ``b_ih[f] + b_hh[f]`` to the given value.
+sets the forget gate's total bias ``b_ih[f] + b_hh[f]`` to the given value, or, with
+``chrono`` (Tallec & Ollivier 2018, "Can recurrent neural networks warp time?"), draws it per
+unit as
+
+    b_f = ln u,  u ~ U(1, T_max − 1),      b_i = −b_f
+
+(total biases; ``T_max`` = ``model.init.chrono_max``, the longest dependency expected, by
+default ``task.seq_len``): a unit's forget gate at rest is ``σ(b_f) = u / (1 + u)``, a memory
+timescale ``−1/ln σ(b_f) ≈ u`` steps, spread over ``[1, T_max − 1]``.
 
 ``model.init.spectral_radius = ρ`` then rescales every recurrent block ``W`` to
 ``ρ · W / ρ(W)``, where ``ρ(W) = max |λ_i(W)|``, so that its spectral radius is exactly ρ.
@@ -32,6 +40,7 @@ from torch import nn
 RECURRENT_SCHEMES = ("default", "normal", "xavier", "kaiming", "orthogonal", "identity", "zeros")
 INPUT_SCHEMES = ("default", "normal", "xavier", "kaiming", "orthogonal", "zeros")
 BIAS_SCHEMES = ("default", "zeros")
+FORGET_BIAS_SCHEMES = ("chrono",)
 
 GATES: dict[str, tuple[str, ...]] = {"rnn": ("h",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
 
@@ -88,7 +97,8 @@ def initialise_recurrent_layer_(
     bias: str = "default",
     std: float | None = None,
     spectral_radius: float | None = None,
-    forget_bias: float | None = None,
+    forget_bias: float | str | None = None,
+    chrono_max: float | None = None,
 ) -> None:
     """Apply the init schemes to a single-layer fused ``nn.RNN``/``nn.LSTM``/``nn.GRU``."""
     num_gates = len(GATES[cell])
@@ -103,5 +113,23 @@ def initialise_recurrent_layer_(
         layer.bias_hh_l0.zero_()
     if cell == "lstm" and forget_bias is not None and layer.bias:
         hidden = layer.hidden_size
+        if forget_bias == "chrono":
+            chrono_bias_(layer, chrono_max)
+            return
         layer.bias_ih_l0[hidden : 2 * hidden] = forget_bias
         layer.bias_hh_l0[hidden : 2 * hidden] = 0.0
+
+
+@torch.no_grad()
+def chrono_bias_(layer: nn.LSTM, chrono_max: float | None) -> None:
+    """Chrono initialisation of a single-layer LSTM's input and forget biases (module docstring)."""
+    if chrono_max is None or not chrono_max > 2:
+        raise ValueError(
+            f"model.init.chrono_max={chrono_max!r}: expected a number > 2 (T_max of chrono init)"
+        )
+    hidden = layer.hidden_size
+    forget = torch.empty(hidden, dtype=torch.float64).uniform_(1.0, chrono_max - 1.0).log_()
+    layer.bias_ih_l0[hidden : 2 * hidden] = forget
+    layer.bias_hh_l0[hidden : 2 * hidden] = 0.0
+    layer.bias_ih_l0[:hidden] = -forget
+    layer.bias_hh_l0[:hidden] = 0.0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rnnflow.report.explain import depth_table, verdicts, why_table
 from rnnflow.report.plots import plot_losses, plot_profiles, save_heatmaps
 from rnnflow.report.profiles import profile_layers
 from rnnflow.report.runs import Run, load_runs
@@ -47,6 +48,38 @@ def _heatmap_section(heatmaps: list[tuple[Run, int, Path]], labels: dict[int, st
             f"![heatmap {run.name} layer {layer}]({path.relative_to(out).as_posix()})",
             "",
         ]
+    return lines
+
+
+WHY_NOTES = """\
+*log10 ratio*: log10 ‖∂L/∂h_0‖ / ‖∂L/∂h_(T-1)‖; *ln α*: log of the fitted per-step factor of ‖∂L/∂h_t‖;
+*λ₁*: top Lyapunov exponent of the forward dynamics along the probe batch (over a long sequence
+ln α ≈ λ₁); *mean φ'*, *saturated*: activation derivative and fraction of entries with φ' < 1% of its
+maximum (gated cells: the candidate's tanh); *gate τ*: median forget (LSTM) / update (GRU) timescale in
+steps; *early share*: share of ∂L/∂W_hh from the first half of the sequence. init: first probe, end: last.
+"""
+
+
+def explain_section(runs: list[Run], labels: list[str]) -> list[str]:
+    """The why table, the depth table and the verdicts (Markdown lines; empty parts left out)."""
+    lines: list[str] = []
+    why = why_table(runs)
+    if why is not None:
+        lines += ["## Why it vanishes", "", why, WHY_NOTES]
+    depth = depth_table(runs)
+    if depth is not None:
+        lines += [
+            "## Gradient through depth",
+            "",
+            "Parameter gradient norm of each layer relative to the top layer at the first probe, median over "
+            "the seeds of each configuration; last two columns: absolute norms (medians).",
+            "",
+            depth,
+        ]
+    found = verdicts(runs, labels)
+    if found:
+        lines += ["## Verdicts", "", "Rules: `rnnflow.report.verdict.RULES` (README, *Why it vanishes*).", ""]
+        lines += found
     return lines
 
 
@@ -90,6 +123,7 @@ def build_report(root: str | Path, out: str | Path | None = None) -> Path:
             lines += [f"![gradient profiles layer {layer}]({path.name})", ""]
     if not layers:
         lines += ["No run logged gradient-flow probes.", ""]
+    lines += explain_section(runs, labels)
     label_of = {id(run): label for run, label in zip(runs, labels, strict=True)}
     lines += _heatmap_section(heatmaps, label_of, out)
     report = out / "report.md"

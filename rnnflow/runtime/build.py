@@ -25,6 +25,9 @@ def build_task_from_config(cfg: DictConfig) -> SyntheticTask:
 
 def build_model(cfg: DictConfig, task: SyntheticTask) -> RecurrentNet:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    init = model_cfg.get("init") or {}
+    if init.get("forget_bias") == "chrono" and init.get("chrono_max") is None:
+        init["chrono_max"] = cfg.task.seq_len  # chrono's T_max: the task's length by default
     return RecurrentNet(
         cell=model_cfg["cell"],
         input_size=task.input_size,
@@ -36,7 +39,7 @@ def build_model(cfg: DictConfig, task: SyntheticTask) -> RecurrentNet:
         nonlinearity=model_cfg.get("nonlinearity", "tanh"),
         residual=model_cfg.get("residual", False),
         layer_norm=model_cfg.get("layer_norm", False),
-        init=model_cfg.get("init"),
+        init=init,
     )
 
 
