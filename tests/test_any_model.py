@@ -60,8 +60,9 @@ def test_every_layer_and_direction_matches_the_unrolled_reference(cell, batch_fi
 def test_parameter_gradients_and_outputs_are_the_fused_ones(cell):
     """float32: the probe changes the parameter gradients only by float rounding of the input GEMM.
 
-    Measured on CPU (torch 2.13): a unidirectional LSTM (oneDNN) is bit-identical; RNN, GRU and
-    bidirectional layers differ by about 1e-6 of the largest entry.
+    Measured on CPU (torch 2.13): outputs are bit-identical; RNN and GRU input weights (a wider
+    GEMM) and reverse directions (the time sum in the other order) differ by about 1e-6 of the
+    largest entry; a unidirectional LSTM (oneDNN) is bit-identical.
     """
     torch.manual_seed(0)
     module = cell(3, 32, num_layers=2, batch_first=True, bidirectional=True).eval()

@@ -9,6 +9,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from rnnflow.callbacks.schedule import is_last_batch
+
 
 class ValidateAtEnd(L.Callback):
     """Validate (and so checkpoint) after the last training step.
@@ -18,8 +20,8 @@ class ValidateAtEnd(L.Callback):
     own loop run validation there (``Trainer.should_stop`` triggers a final check).
     """
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if 0 < trainer.max_steps <= trainer.global_step:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if is_last_batch(trainer, pl_module, started=False):
             trainer.should_stop = True
 
 
