@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from rnnflow.lit.data import SyntheticDataModule
 from rnnflow.lit.module import RecurrentTaskModule
 from rnnflow.models import RecurrentNet
+from rnnflow.runtime.slurm import slurm_plugins
 from rnnflow.tasks import SyntheticTask, build_task
 
 TASK_BUILD_EXCLUDE = ("name", "batch_size", "val_batches")
@@ -89,5 +90,8 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = No
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     return hydra.utils.instantiate(
-        cfg.trainer, callbacks=list(extra_callbacks or []) + callbacks, logger=loggers or False
+        cfg.trainer,
+        callbacks=list(extra_callbacks or []) + callbacks,
+        logger=loggers or False,
+        plugins=slurm_plugins() or None,  # under SLURM: no mid-batch auto-requeue (rnnflow requeues)
     )

@@ -15,6 +15,10 @@ collectives and hang the run, so this callback replaces it while the training lo
 Place it first among the callbacks: the batch must be stopped before a diagnostic schedules
 itself for it. Other exceptions (a bug, ``nonfinite.policy=raise``) leave the last checkpoint
 as it was.
+
+In a SLURM batch job the signals that announce pre-emption or the time limit (submitit's USR2,
+``--signal=USR1@N``) stop the run the same way, and after the save the job is handed back to
+SLURM to be requeued (:mod:`rnnflow.runtime.slurm`); the requeued job resumes from this checkpoint.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from rnnflow.runtime.checkpoint import all_finite
+from rnnflow.runtime.slurm import SlurmJob
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +71,15 @@ class InterruptCheckpoint(L.Callback):
         self.path = Path(dirpath) / filename
         self.requested = 0  # the signal received (0: none)
         self._previous: dict[int, Any] = {}
+        self._slurm: SlurmJob | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After Lightning installed its handlers (in ``fit``, after ``on_fit_start``).
         self.requested = 0
+        self._slurm = SlurmJob.current()
+        signals = SIGNALS + (self._slurm.warning_signals() if self._slurm else ())
         if threading.current_thread() is threading.main_thread():
-            for signum in SIGNALS:
+            for signum in signals:
                 self._previous[signum] = signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -100,6 +108,8 @@ class InterruptCheckpoint(L.Callback):
         for logger in trainer.loggers:
             logger.finalize("interrupted")  # flush TensorBoard before the process exits
         trainer.strategy.barrier("rnnflow.interrupt")
+        if self._slurm is not None and requested != signal.SIGINT:
+            self._slurm.requeue(requested, self._previous.get(requested))
         raise Interrupted(requested)  # the handlers are restored in on_exception (not reached under spawn)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -3,6 +3,9 @@
 ``${short_dirname:${hydra.job.override_dirname}}`` keeps a sweep job's directory name readable
 and within file-system limits: the overrides as they are when they fit in ``max_length``
 characters, else their first characters and a hash of the whole (unique per job).
+
+``${slurm_gpus:${trainer.accelerator},${trainer.devices}}`` is the GPU count a SLURM job asks
+for: the devices of a GPU trainer, null for a CPU one (:func:`rnnflow.runtime.slurm.gpus_per_node`).
 """
 
 from __future__ import annotations
@@ -20,5 +23,8 @@ def short_dirname(overrides: str, max_length: int = 120) -> str:
 
 
 def register_resolvers() -> None:
+    from rnnflow.runtime.slurm import register_resolver as register_slurm_resolver
+
+    register_slurm_resolver()
     if not OmegaConf.has_resolver("short_dirname"):
         OmegaConf.register_new_resolver("short_dirname", short_dirname)

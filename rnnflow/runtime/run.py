@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -14,6 +16,7 @@ from rnnflow.runtime.host_settings import HostSettings
 from rnnflow.runtime.resume import ContinuousResumeStep
 from rnnflow.runtime.resume_dir import resume_run_dir
 from rnnflow.runtime.run_end import HParamsSummary, ValidateAtEnd
+from rnnflow.runtime.slurm import check_job, requeued_checkpoint
 
 
 def train(cfg: DictConfig, multirun: bool = False, job_number: int | None = None) -> dict[str, float]:
@@ -24,6 +27,12 @@ def train(cfg: DictConfig, multirun: bool = False, job_number: int | None = None
     """
     validate_config(cfg)
     check_launch(cfg, multirun)
+    check_job(cfg)
+    # A requeued SLURM job (pre-empted, signalled before its time limit) continues its own run.
+    requeued = requeued_checkpoint(cfg)
+    if requeued is not None:
+        print(f"rnnflow: requeued SLURM job: resuming from {requeued}", file=sys.stderr)
+        cfg.ckpt_path = str(requeued)
     # A resume continues its checkpoint's run dir (same TensorBoard run) unless it is a branch.
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
     run_dir = resume_run_dir(cfg.get("ckpt_path"), overrides)

@@ -9,6 +9,8 @@ line of their error and exits with status 1. A single run still fails loudly.
 multi-process ``ddp`` (its relaunched ranks would re-run the sweep; see
 :mod:`rnnflow.runtime.devices`): one line, exit 2.
 Sweeps that choose the strategy per job (``trainer=ddp,ddp_spawn``) are checked in each job.
+With the SLURM launcher it also checks the jobs' request against the partition
+(:func:`rnnflow.runtime.slurm.check_submission`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from rnnflow.config import ConfigError
 from rnnflow.runtime.devices import plain_ddp_sweep_message, relaunches_argv
+from rnnflow.runtime.slurm import check_submission, is_slurm_launcher
 
 FAILURE_FILE = "failure.txt"
 
@@ -56,6 +60,13 @@ class SweepFailureSummary(Callback):
 class SweepLaunchCheck(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
+        if is_slurm_launcher(config):
+            # What the jobs ask SLURM for, against the partition: nothing is submitted if it cannot run.
+            try:
+                check_submission(config)
+            except ConfigError as error:
+                print(f"rnnflow: invalid config: {error}", file=sys.stderr)
+                raise SystemExit(2) from None
         # Hydra's submitit launcher starts one SLURM task per device: Lightning relaunches nothing.
         if relaunches_argv(config, cluster_managed="submitit" in launcher.lower()):
             print(f"rnnflow: invalid config: {plain_ddp_sweep_message(config)}", file=sys.stderr)
