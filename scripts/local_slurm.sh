@@ -51,7 +51,7 @@ down() {
   [[ -d $dir ]] || return 0
   if [[ -f $dir/slurm.conf && -f $dir/slurmctld.pid ]] && kill -0 "$(cat "$dir/slurmctld.pid")" 2>/dev/null; then
     export SLURM_CONF=$dir/slurm.conf
-    # Cancel every job of this cluster, then give the job steps time to end (KillWait is 5 s here).
+    # Cancel every job of this cluster, then give the job steps time to end (KillWait is 10 s here).
     scancel --full --quiet --partition="$partition" 2>/dev/null || true
     for _ in $(seq 100); do
       [[ -z $(squeue --noheader --states=all --format=%i 2>/dev/null | head -1) ]] && break
@@ -144,8 +144,9 @@ SchedulerType=sched/backfill
 # Schedule every 2 s (default 60 s main, 30 s backfill): requeued jobs restart promptly.
 SchedulerParameters=sched_interval=2,bf_interval=2
 ReturnToService=2
+MailProg=/bin/true
 JobRequeue=1
-KillWait=5
+KillWait=10
 MinJobAge=300
 SlurmctldTimeout=30
 SlurmdTimeout=30
