@@ -14,6 +14,7 @@ The cluster is reached through ``SLURM_CONF`` in the environment given to subpro
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -105,4 +106,5 @@ def slurm_cluster():
         yield cluster
     finally:
         left = stop_cluster(directory)
-        assert not left, f"SLURM daemons left running after teardown: {left}"
+        assert not left, f"SLURM daemons left running after teardown: {left} (logs in {directory})"
+        shutil.rmtree(directory, ignore_errors=True)

@@ -257,6 +257,7 @@ def test_readme_sweep_on_slurm_one_failing_job(slurm_cluster, tmp_path):  # noqa
 def test_a_request_the_cluster_cannot_run_is_refused_before_submission(slurm_cluster, tmp_path):  # noqa: F811
     sweep = tmp_path / "sweep"
     cpus = os.cpu_count() + 1
+    known = {job for job, _ in slurm_cluster.jobs()}  # jobs of earlier tests, listed for a while
     done = train_cli(
         slurm_cluster,
         *README_SLURM,
@@ -270,7 +271,7 @@ def test_a_request_the_cluster_cannot_run_is_refused_before_submission(slurm_clu
     assert len(lines) == 1 and "Traceback" not in done.stderr
     assert f"hydra.launcher.cpus_per_task={cpus}" in lines[0] and "partition 'local'" in lines[0]
     assert not (sweep / ".submitit").exists()
-    assert slurm_cluster.jobs() == []
+    assert {job for job, _ in slurm_cluster.jobs()} <= known  # nothing submitted
 
 
 @pytest.mark.slurm
@@ -427,4 +428,31 @@ def test_ddp_over_two_slurm_tasks_matches_ddp_spawn(slurm_cluster, tmp_path):  #
         steps = [s for s, _ in on_slurm[tag]]
         assert len(steps) == len(set(steps)), f"{tag} written more than once per step"
         assert on_slurm[tag] == reference[tag], tag  # the same all-reduce over gloo: the same floats
+    slurm_cluster.wait_for_no_jobs()
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_time_limit_warning_from_slurm_requeues_and_resumes(slurm_cluster, tmp_path):  # noqa: F811
+    """SLURM itself sends the warning: a 1-minute job asks for USR2 45 s before its limit."""
+    steps = 20
+    run = [*SMALL, "model.hidden_size=8", f"trainer.max_steps={steps}", "trainer.val_check_interval=10"]
+    pause = "+callbacks.pause={_target_:tests.slurm_helpers.PauseAtBatches,batches:[5]}"
+    sweep = tmp_path / "sweep"
+    done = train_cli(
+        slurm_cluster,
+        *README_SLURM,
+        *run,
+        pause,
+        "hydra.launcher.timeout_min=1",
+        "hydra.launcher.signal_delay_s=45",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = next(sweep.glob("0_*"))
+    log = "\n".join(p.read_text() for p in sorted((sweep / ".submitit").glob("*/*_0_log.err")))
+    assert "Caught signal SIGUSR2" in log and "timed-out" in log  # submitit: a time-out, counted
+    assert "rnnflow: interrupted at step 6" in log
+    assert event_files(run_dir) >= 2
+    assert [s for s, _ in scalars(run_dir / "tb")["train/loss"]] == list(range(steps))
     slurm_cluster.wait_for_no_jobs()
