@@ -8,7 +8,8 @@ Examples::
     python scripts/train.py ckpt_path=logs/runs/<run>/checkpoints/last.ckpt trainer.max_steps=4000
 
 Returns the value of ``optimized_metric`` (default ``val/loss``) so Hydra sweepers can use it.
-A bad config value exits with status 2 and one line naming the key. In a sweep, a failing job
+A bad config value or a mistyped key exits with status 2 and one line naming the key, before
+anything is built, and leaves no run dir behind (:mod:`rnnflow.runtime.rejected`). In a sweep, a failing job
 is recorded in its ``failure.txt`` and the sweep goes on (see :mod:`rnnflow.runtime.sweep`).
 SIGTERM or Ctrl-C stops before the next batch, saves ``checkpoints/last.ckpt`` and exits with
 status 143 or 130 (a sweep stops there; see :mod:`rnnflow.runtime.interrupt`).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -28,9 +30,14 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from rnnflow.config import ConfigError
+from rnnflow.config.command_line import check_command_line
 from rnnflow.runtime.interrupt import interrupt_exit_status
+from rnnflow.runtime.rejected import remove_rejected_run_dir
 from rnnflow.runtime.run import train
 from rnnflow.runtime.sweep import record_failure
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+STARTED = time.time()  # what Hydra writes for this launch is newer
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -45,6 +52,7 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as error:
         message = f"rnnflow: invalid config: {error}"
         if not multirun:
+            remove_rejected_run_dir(hydra_cfg.runtime.output_dir, since=STARTED)
             print(message, file=sys.stderr)
             sys.exit(2)
         record_failure(Path(hydra_cfg.runtime.output_dir), message)
@@ -61,4 +69,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    try:  # a mistyped key: the closest valid one, rather than Hydra's advice to prepend "+"
+        check_command_line(sys.argv[1:], CONFIG_DIR, "train")
+    except ConfigError as error:
+        print(f"rnnflow: invalid config: {error}", file=sys.stderr)
+        sys.exit(2)
     main()

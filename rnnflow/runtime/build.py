@@ -6,8 +6,10 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from rnnflow.config import ConfigError
 from rnnflow.lit.data import SyntheticDataModule
 from rnnflow.lit.module import RecurrentTaskModule
 from rnnflow.models import RecurrentNet
@@ -89,9 +91,16 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = No
     """
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    return hydra.utils.instantiate(
-        cfg.trainer,
-        callbacks=list(extra_callbacks or []) + callbacks,
-        logger=loggers or False,
-        plugins=slurm_plugins() or None,  # under SLURM: no mid-batch auto-requeue (rnnflow requeues)
-    )
+    try:
+        return hydra.utils.instantiate(
+            cfg.trainer,
+            callbacks=list(extra_callbacks or []) + callbacks,
+            logger=loggers or False,
+            plugins=slurm_plugins() or None,  # under SLURM: no mid-batch auto-requeue (rnnflow requeues)
+        )
+    except InstantiationException as error:
+        # A Trainer argument added with +trainer.<key> that Lightning refuses (rnnflow's schema declares
+        # only the keys of conf/trainer; Lightning checks its other arguments): its message, one line.
+        cause = error.__cause__ or error
+        lines = str(cause).strip().splitlines() or [type(cause).__name__]
+        raise ConfigError(f"trainer: {lines[0]}") from None

@@ -5,6 +5,8 @@
   process re-runs the whole sweep (rank 1 would start every job again). Sweeps whose jobs use several devices
   use ``ddp_spawn``. A cluster that starts the ranks itself (SLURM through Hydra's submitit
   launcher, ``torchrun``) is fine: Lightning then relaunches nothing.
+* ``trainer.accelerator=gpu`` (``trainer=gpu``) where torch sees no CUDA GPU, or more GPUs than the
+  machine has, is refused in one line that says what to use instead.
 * In a sweep on a machine with several GPUs, Hydra's launchers do not spread jobs over the
   GPUs. A job that uses ``d`` GPUs of ``n`` is given the contiguous group
   ``g·d … g·d + d - 1`` with ``g = job number mod ⌊n / d⌋``, so that ``⌊n / d⌋`` parallel
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rnnflow.config import ConfigError
@@ -79,8 +82,45 @@ def plain_ddp_sweep_message(cfg: DictConfig) -> str:
     )
 
 
+def check_accelerator(cfg: DictConfig, gpu_count: int | None = None) -> None:
+    """Raise :class:`ConfigError` if ``trainer.accelerator``/``devices`` ask for GPUs this machine lacks.
+
+    ``gpu_count``: the CUDA GPUs torch sees (default: ``torch.cuda.device_count()`` where CUDA is
+    available, which does not initialise CUDA).
+    """
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="cpu")
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            "trainer.accelerator='mps': this machine has no Apple GPU (MPS); use trainer=cpu, or "
+            "trainer.accelerator=auto to take a GPU where there is one"
+        )
+    if accelerator not in ("gpu", "cuda"):
+        return
+    if gpu_count is None:
+        gpu_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpu_count == 0:
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        raise ConfigError(
+            f"trainer.accelerator={accelerator!r}: torch sees no CUDA GPU here (torch {torch.__version__}, "
+            f"{build}); use trainer=cpu (or trainer.accelerator=cpu), or trainer.accelerator=auto to take "
+            "a GPU where there is one"
+        )
+    wanted = device_count(devices)
+    indices = list(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) else []
+    if isinstance(devices, str) and "," in devices:
+        indices = [int(part) for part in devices.split(",") if part.strip()]
+    if (wanted is not None and wanted > gpu_count) or any(index >= gpu_count for index in indices):
+        raise ConfigError(
+            f"trainer.devices={devices!r}: this machine has {gpu_count} GPU{'s' if gpu_count > 1 else ''} "
+            f"(indices 0..{gpu_count - 1}); expected at most {gpu_count}, or -1 for all of them"
+        )
+
+
 def check_launch(cfg: DictConfig, multirun: bool, cluster_managed: bool | None = None) -> None:
-    """Raise :class:`ConfigError` for a sweep job that would relaunch the sweep (plain multi-process ddp)."""
+    """Raise :class:`ConfigError` for GPUs that are not there (:func:`check_accelerator`), and for a
+    sweep job that would relaunch the sweep (plain multi-process ddp)."""
+    check_accelerator(cfg)
     if not multirun:
         return
     if cluster_managed is None:
