@@ -54,7 +54,7 @@ down() {
     # Cancel every job of this cluster, then give the job steps time to end (KillWait is 10 s here).
     scancel --full --quiet --partition="$partition" 2>/dev/null || true
     for _ in $(seq 100); do
-      [[ -z $(squeue --noheader --states=all --format=%i 2>/dev/null | head -1) ]] && break
+      [[ -z $(squeue --noheader --format=%i 2>/dev/null | head -1) ]] && break  # none pending or running
       sleep 0.2
     done
   fi
