@@ -9,6 +9,7 @@ holds ``.hydra/config.yaml``) and writes, into ``--out`` (default ``<dir>/report
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help="output directory (default: <directory>/report)"
     )
     args = parser.parse_args(argv)
+    # A malformed run is skipped with one warning line: "report: skipping run <name>: <why>".
+    logging.basicConfig(format="report: %(message)s", level=logging.WARNING)
     if not args.directory.is_dir():
         print(f"report: not a directory: {args.directory}", file=sys.stderr)
         return 2

@@ -104,7 +104,7 @@ def test_bad_value_names_key_and_accepted_values(override, named, accepted):
         (
             ["optim=adam", "+optim.momentum=0.9"],
             "optim.momentum=0.9",
-            "no such key in optim (torch.optim.adam.Adam)",
+            "not an argument of optim (torch.optim.adam.Adam); it takes lr, betas",
         ),
         (["optim._target_=torch.optim.Adamm"], "optim._target_='torch.optim.Adamm'", "an importable class"),
         (
@@ -134,6 +134,7 @@ def test_bad_value_names_key_and_accepted_values(override, named, accepted):
             "null unless model.cell=lstm",
         ),
         (["+modle=gru"], "modle='gru'", "did you mean model?"),
+        (["optim=adam", "+optim.amsgrd=true"], "optim.amsgrd=True", "did you mean optim.amsgrad?"),
         (["+model.residuals=true"], "model.residuals=True", "did you mean model.residual?"),
         (["+model.init.gain=2"], "model.init.gain=2", "no such key in model.cell=lstm"),
         (["+task.seq_lenn=10"], "task.seq_lenn=10", "did you mean task.seq_len?"),

@@ -197,3 +197,41 @@ def test_overrides_parsing_and_missing_runs(tmp_path: Path) -> None:
         [sys.executable, "scripts/report.py", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 2 and "no run directory" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "break_it,why",
+    [
+        (
+            lambda run: (run / "tb" / "events.out.tfevents.0.host.1").mkdir(),
+            "an event file that is not a file",
+        ),
+        (
+            lambda run: (run / ".hydra" / "overrides.yaml").write_text("- a=1\n  b: [\n"),
+            "not readable as YAML",
+        ),
+        (
+            lambda run: (run / ".hydra" / "overrides.yaml").write_text("a: 1\n"),
+            "expected a YAML list of overrides",
+        ),
+        (
+            lambda run: (run / ".hydra" / "hydra.yaml").write_text("- 1\n- 2\n"),
+            "the document is not a mapping",
+        ),
+        (lambda run: (run / ".hydra" / "hydra.yaml").write_text("hydra: 3\n"), "hydra is not a mapping"),
+        (lambda run: (run / ".hydra" / "hydra.yaml").write_bytes(b"\xff\xfe\x00"), "not readable as YAML"),
+    ],
+)
+def test_malformed_run_is_skipped_with_one_warning_line(tmp_path: Path, break_it, why) -> None:
+    _synthetic_run(tmp_path / "good", ["seed=0"], solved=1.0, radius_scale=1.0)
+    _synthetic_run(tmp_path / "bad", ["seed=1"], solved=1.0, radius_scale=1.0)
+    break_it(tmp_path / "bad")
+    result = subprocess.run(
+        [sys.executable, "scripts/report.py", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("report: skipping run bad: "), warnings
+    assert why in warnings[0]
+    table = pd.read_csv(tmp_path / "report" / "runs.csv")
+    assert list(table["path"]) == ["good"]

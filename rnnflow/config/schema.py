@@ -148,7 +148,10 @@ KEYS: tuple[Key, ...] = (
     Key("trainer.devices", Devices()),
     Key("trainer.strategy", Text()),
     Key("trainer.num_nodes", Integer(1)),
-    Key("trainer.precision", Choice(PRECISIONS)),
+    Key(
+        "trainer.precision",
+        AnyOf((Choice(PRECISIONS),), "one of 32-true, 16-mixed, bf16-mixed (or 32, 16, bf16)"),
+    ),
     Key("trainer.max_steps", Integer(1)),
     Key("trainer.val_check_interval", Integer(1), doc="validate every N training steps"),
     Key(

@@ -159,6 +159,8 @@ def _check_optimizer(cfg: DictConfig) -> None:
         if str(key).startswith("_"):
             continue
         path, value = f"optim.{key}", get(cfg, f"optim.{key}")
+        if key not in names and key in OPTIMIZER_ARGS:  # another optimizer's argument: no guess
+            raise ConfigError(f"{path}={value!r}: not an argument of {where}; it takes {', '.join(names)}")
         if key not in names:
             raise unknown_key(path, value, [f"optim.{n}" for n in names], where)
         if key in OPTIMIZER_ARGS:

@@ -8,10 +8,16 @@ Scalars and the last image of each image tag are read with TensorBoard's own
 ``EventAccumulator`` (no tbparse/pandas needed at run time). A scalar series is a
 :class:`Series` of steps, values and wall times; the run's wall time is the last event's
 wall time minus the first's (the event file's version record, written when the logger opens).
+
+A malformed run (an event "file" that is a directory or unreadable, an ``overrides.yaml`` that is
+not a YAML list, a ``hydra.yaml`` that is not a mapping) raises :class:`MalformedRun` in
+:func:`load_run`; :func:`load_runs` skips it with one warning line naming the run and why, so
+that one broken job does not abort the report of a whole sweep.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +30,11 @@ from rnnflow.report.profiles import RunProfiles, load_profiles
 
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 EVENT_GLOB = "events.out.tfevents.*"
+log = logging.getLogger(__name__)
+
+
+class MalformedRun(ValueError):
+    """A run directory whose files cannot be read as a run; the message says which file and why."""
 
 
 @dataclass
@@ -93,16 +104,43 @@ def parse_overrides(lines: list[str]) -> dict[str, str]:
     return parsed
 
 
-def _read_yaml(path: Path) -> object:
-    with path.open() as handle:
-        return yaml.safe_load(handle)
+def _read_yaml(path: Path, run_dir: Path) -> object:
+    try:
+        with path.open() as handle:
+            return yaml.safe_load(handle)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise MalformedRun(f"{path.relative_to(run_dir)}: not readable as YAML ({reason})") from None
+
+
+def _read_overrides(run_dir: Path) -> dict[str, str]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.exists():
+        return {}
+    lines = _read_yaml(path, run_dir)
+    if lines is None:
+        return {}
+    if not isinstance(lines, list) or not all(isinstance(line, (str, int, float, bool)) for line in lines):
+        raise MalformedRun(
+            f".hydra/overrides.yaml: expected a YAML list of overrides, found {type(lines).__name__}"
+        )
+    return parse_overrides(lines)
+
+
+def _mapping(node: object, where: str) -> dict:
+    if node is None:
+        return {}
+    if not isinstance(node, dict):
+        raise MalformedRun(f".hydra/hydra.yaml: {where} is not a mapping ({type(node).__name__})")
+    return node
 
 
 def _job_num(run_dir: Path) -> int | None:
     hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
-    if not hydra_yaml.is_file():
+    if not hydra_yaml.exists():
         return None
-    job = ((_read_yaml(hydra_yaml) or {}).get("hydra") or {}).get("job") or {}
+    document = _mapping(_read_yaml(hydra_yaml, run_dir), "the document")
+    job = _mapping(_mapping(document.get("hydra"), "hydra").get("job"), "hydra.job")
     num = job.get("num")
     return int(num) if isinstance(num, int) else None
 
@@ -111,6 +149,8 @@ def _event_dirs(run_dir: Path) -> list[Path]:
     """Directories below ``run_dir`` holding event files, skipping those inside a nested run directory."""
     dirs = set()
     for event_file in run_dir.rglob(EVENT_GLOB):
+        if not event_file.is_file():
+            raise MalformedRun(f"{event_file.relative_to(run_dir)}: an event file that is not a file")
         between = event_file.relative_to(run_dir).parents  # "a/b/events..." -> a/b, a, .
         if not any((run_dir / part / HYDRA_CONFIG).is_file() for part in between if part != Path(".")):
             dirs.add(event_file.parent)
@@ -119,7 +159,11 @@ def _event_dirs(run_dir: Path) -> list[Path]:
 
 def _load_events(run: Run, event_dir: Path) -> None:
     accumulator = EventAccumulator(str(event_dir), size_guidance={"scalars": 0, "images": 1, "tensors": 1})
-    accumulator.Reload()
+    try:
+        accumulator.Reload()
+    except Exception as error:  # noqa: BLE001 - TensorBoard's reader raises several types on bad files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise MalformedRun(f"{event_dir.relative_to(run.path)}: unreadable event file ({reason})") from None
     tags = accumulator.Tags()
     last_times = []
     for tag in tags.get("scalars", []):
@@ -144,10 +188,12 @@ def _load_events(run: Run, event_dir: Path) -> None:
 
 
 def load_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
-    """Read one run directory: overrides, job number, scalars, the last image of each image tag."""
+    """Read one run directory: overrides, job number, scalars, the last image of each image tag.
+
+    Raises :class:`MalformedRun` naming the file that cannot be read as a run's.
+    """
     run_dir = Path(run_dir)
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    overrides = parse_overrides(_read_yaml(overrides_file) or []) if overrides_file.is_file() else {}
+    overrides = _read_overrides(run_dir)
     job_num = _job_num(run_dir)
     relative = run_dir.relative_to(root) if root is not None and Path(root) != run_dir else Path(run_dir.name)
     name = relative.as_posix()
@@ -163,11 +209,22 @@ def load_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
 
 
 def load_runs(root: str | Path) -> list[Run]:
-    """Every run at or below ``root``; sweep jobs in job-number order. Raises if there is none."""
+    """Every run at or below ``root``; sweep jobs in job-number order. Raises if there is none.
+
+    A malformed run is skipped with one warning line naming it and why (:class:`MalformedRun`).
+    """
     root = Path(root)
     run_dirs = find_run_dirs(root)
     if not run_dirs:
         raise FileNotFoundError(f"no run directory (one holding {HYDRA_CONFIG}) at or below {root}")
-    runs = [load_run(run_dir, root) for run_dir in run_dirs]
+    runs = []
+    for run_dir in run_dirs:
+        try:
+            runs.append(load_run(run_dir, root))
+        except MalformedRun as error:
+            name = run_dir.relative_to(root).as_posix() if run_dir != root else run_dir.name
+            log.warning("skipping run %s: %s", name, error)
+    if not runs:
+        raise FileNotFoundError(f"no readable run at or below {root} ({len(run_dirs)} malformed, see above)")
     order = [(_natural_key(str(run.path.parent)), run.job_num or 0, _natural_key(run.name)) for run in runs]
     return [run for _, run in sorted(zip(order, runs, strict=True), key=lambda pair: pair[0])]

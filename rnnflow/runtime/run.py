@@ -11,8 +11,10 @@ from omegaconf import DictConfig
 
 from rnnflow.config import validate_config
 from rnnflow.runtime.build import build_datamodule, build_module, build_task_from_config, build_trainer
+from rnnflow.runtime.checkpoint_check import check_checkpoint
 from rnnflow.runtime.devices import check_launch, pin_job_to_gpu
 from rnnflow.runtime.host_settings import HostSettings
+from rnnflow.runtime.memory import check_memory
 from rnnflow.runtime.resume import ContinuousResumeStep
 from rnnflow.runtime.resume_dir import resume_run_dir
 from rnnflow.runtime.run_end import HParamsSummary, ValidateAtEnd
@@ -47,7 +49,10 @@ def train(cfg: DictConfig, multirun: bool = False, job_number: int | None = None
     host.apply()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     task = build_task_from_config(cfg)
+    check_memory(cfg, task)  # a step that cannot fit is refused before anything is allocated
     module = build_module(cfg, task)
+    if cfg.get("ckpt_path") is not None:  # one line for a checkpoint that cannot resume this module
+        check_checkpoint(cfg.ckpt_path, module, dict(module.hparams))
     datamodule = build_datamodule(cfg, task)
     trainer = build_trainer(
         cfg, extra_callbacks=[host, ContinuousResumeStep(), ValidateAtEnd(), HParamsSummary(module.hparams)]
