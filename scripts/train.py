@@ -31,9 +31,11 @@ from omegaconf import DictConfig
 
 from rnnflow.config import ConfigError
 from rnnflow.config.command_line import check_command_line
+from rnnflow.runtime.checkpoint import CheckpointWriteError
 from rnnflow.runtime.interrupt import interrupt_exit_status
 from rnnflow.runtime.rejected import remove_rejected_run_dir
 from rnnflow.runtime.run import train
+from rnnflow.runtime.run_lock import RunDirInUse
 from rnnflow.runtime.sweep import record_failure
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -56,6 +58,14 @@ def main(cfg: DictConfig) -> float | None:
             print(message, file=sys.stderr)
             sys.exit(2)
         record_failure(Path(hydra_cfg.runtime.output_dir), message)
+        return math.nan
+    except (RunDirInUse, CheckpointWriteError) as error:  # a busy run dir, a full disk: one line
+        if not multirun:
+            if isinstance(error, RunDirInUse):  # refused before training: nothing of this launch is kept
+                remove_rejected_run_dir(hydra_cfg.runtime.output_dir, since=STARTED)
+            print(f"rnnflow: {error}", file=sys.stderr)
+            sys.exit(2 if isinstance(error, RunDirInUse) else 1)
+        record_failure(Path(hydra_cfg.runtime.output_dir), f"rnnflow: {error}")
         return math.nan
     except Exception as error:
         status = interrupt_exit_status(error)  # a ddp_spawn worker that stopped on SIGTERM/Ctrl-C

@@ -125,6 +125,8 @@ KEYS: tuple[Key, ...] = (
     Key("tbptt.chunk", Integer(1), nullable=True, doc="truncated BPTT chunk length; null = full BPTT"),
     Key("nonfinite.policy", Choice(NONFINITE_POLICIES)),
     Key("nonfinite.max_consecutive", Integer(1)),
+    # --- checkpoints
+    Key("checkpoint.every_n_steps", Integer(1), nullable=True, doc="checkpoints/last.ckpt every N steps"),
     # --- diagnostics
     Key("diagnostics.every_n_steps", Integer(1), nullable=True),
     Key("diagnostics.spectral_every_n_steps", Integer(1), nullable=True),
@@ -174,7 +176,7 @@ KEYS: tuple[Key, ...] = (
 BY_PATH: dict[str, Key] = {key.path: key for key in KEYS}
 
 # Groups whose keys are all declared above (an unknown key there is refused with the closest one).
-CLOSED_GROUPS = ("model", "clip", "tbptt", "nonfinite", "diagnostics", "paths")
+CLOSED_GROUPS = ("model", "clip", "tbptt", "nonfinite", "checkpoint", "diagnostics", "paths")
 # Groups of ``_target_`` nodes whose keys are the target's parameters.
 INSTANTIATED_GROUPS = ("callbacks", "logger")
 

@@ -74,7 +74,9 @@ class SyntheticDataModule(L.LightningDataModule):
     def _batches_already_trained(self) -> int:
         if self.trainer is None:
             return 0
-        return self.trainer.fit_loop.epoch_loop.batch_progress.total.completed
+        # Batches whose training step ran. rnnflow checkpoints at the end of a batch, where Lightning
+        # counts it as processed but not yet completed (its loop completes it on restore, later).
+        return self.trainer.fit_loop.epoch_loop.batch_progress.total.processed
 
     def train_dataloader(self) -> DataLoader:
         start = self._batches_already_trained()

@@ -83,11 +83,13 @@ def build_datamodule(cfg: DictConfig, task: SyntheticTask) -> SyntheticDataModul
     return SyntheticDataModule(task, cfg.task.batch_size, cfg.task.val_batches, cfg.seed)
 
 
-def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> L.Trainer:
-    """The Trainer of ``cfg.trainer`` with ``cfg.logger`` and ``cfg.callbacks``.
+def build_trainer(
+    cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None, plugins: list[Any] | None = None
+) -> L.Trainer:
+    """The Trainer of ``cfg.trainer`` with ``cfg.logger``, ``cfg.callbacks`` and ``plugins``.
 
-    ``extra_callbacks`` run first (Lightning calls callbacks in list order), so that e.g.
-    :class:`rnnflow.runtime.resume.ContinuousResumeStep` fixes the step before others read it.
+    ``extra_callbacks`` run first (Lightning calls callbacks in list order; it moves checkpoint
+    callbacks last).
     """
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
@@ -96,7 +98,8 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = No
             cfg.trainer,
             callbacks=list(extra_callbacks or []) + callbacks,
             logger=loggers or False,
-            plugins=slurm_plugins() or None,  # under SLURM: no mid-batch auto-requeue (rnnflow requeues)
+            # under SLURM: no mid-batch auto-requeue (rnnflow requeues)
+            plugins=[*(plugins or []), *slurm_plugins()] or None,
         )
     except InstantiationException as error:
         # A Trainer argument added with +trainer.<key> that Lightning refuses (rnnflow's schema declares

@@ -1,20 +1,22 @@
 """Ctrl-C and SIGTERM: stop at a batch boundary, save the run, exit; the checkpoint resumes exactly.
 
 During training, SIGTERM (``kill``, SLURM's pre-emption) and the first Ctrl-C only set a flag.
-At the start of the next batch, before anything of that batch has run, every rank agrees on
-the flag (an all-reduce ``max`` over ranks, one integer per batch in DDP) and, if any rank
-was signalled, all of them write ``checkpoints/last.ckpt`` there (a collective, reached by all
-ranks together; skipped if the weights are not finite), print the resume command, flush the
-loggers and raise :class:`Interrupted`, a ``SystemExit`` with status ``128 + signal`` (143 for
-SIGTERM, 130 for Ctrl-C). Nothing of that batch has run: a resume starts with it. A second
-Ctrl-C interrupts at once and saves nothing.
+At the end of every training batch every rank agrees on the flag (an all-reduce ``max`` over
+ranks, one integer per batch in DDP). If any rank was signalled, all of them ask the run's
+:class:`~rnnflow.runtime.checkpoint.RunCheckpoint` to save at the end of that batch (the point at
+which Lightning's loops restore exactly; a validation due after it still runs). At the start of
+the next batch, before anything of it has run, the checkpoint is committed as
+``checkpoints/last.ckpt`` (if the state is good), the resume command is printed, the loggers are
+flushed and :class:`Interrupted` is raised, a ``SystemExit`` with status ``128 + signal`` (143 for
+SIGTERM, 130 for Ctrl-C). A resume starts with that next batch. A signal that arrives after the
+last check of a batch (during its logging or a validation) stops the run one batch later. A second
+Ctrl-C interrupts at once; ``last.ckpt`` then holds the last periodic checkpoint.
 
 Lightning's own SIGTERM handling broadcasts from inside the signal handler; when all ranks are
 signalled (SLURM, Ctrl-C in a terminal) those broadcasts can interleave with the training's
-collectives and hang the run, so this callback replaces it while the training loop runs.
-Place it first among the callbacks: the batch must be stopped before a diagnostic schedules
-itself for it. Other exceptions (a bug, ``nonfinite.policy=raise``) leave the last checkpoint
-as it was.
+collectives and hang the run, so this callback replaces it while the training loop runs (a
+SIGTERM Lightning received before that is taken over). Other exceptions (a bug,
+``nonfinite.policy=raise``) leave ``last.ckpt`` as the checkpoint callback left it.
 
 In a SLURM batch job the signals that announce pre-emption or the time limit (submitit's USR2,
 ``--signal=USR1@N``) stop the run the same way, and after the save the job is handed back to
@@ -27,7 +29,6 @@ import logging
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -35,7 +36,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from rnnflow.runtime.checkpoint import all_finite
+from rnnflow.runtime.checkpoint import RunCheckpoint
 from rnnflow.runtime.slurm import SlurmJob
 
 log = logging.getLogger(__name__)
@@ -67,15 +68,21 @@ def interrupt_exit_status(error: BaseException) -> int | None:
 
 
 class InterruptCheckpoint(L.Callback):
-    def __init__(self, dirpath: str, filename: str = "last.ckpt") -> None:
-        self.path = Path(dirpath) / filename
+    """Stop on SIGTERM / Ctrl-C at a batch boundary with a checkpoint (see the module docstring).
+
+    The checkpoint is the run's :class:`RunCheckpoint` (without one the run stops unsaved).
+    """
+
+    def __init__(self) -> None:
         self.requested = 0  # the signal received (0: none)
+        self._stopping = 0  # the signal all ranks agreed on at the end of the last batch
         self._previous: dict[int, Any] = {}
         self._slurm: SlurmJob | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After Lightning installed its handlers (in ``fit``, after ``on_fit_start``).
-        self.requested = 0
+        self.requested = signal.SIGTERM if trainer.received_sigterm else 0
+        self._stopping = 0
         self._slurm = SlurmJob.current()
         signals = SIGNALS + (self._slurm.warning_signals() if self._slurm else ())
         if threading.current_thread() is threading.main_thread():
@@ -86,7 +93,7 @@ class InterruptCheckpoint(L.Callback):
         if signum == signal.SIGINT:
             if self.requested:
                 raise KeyboardInterrupt
-            print("\nrnnflow: stopping before the next batch (Ctrl-C again to abort)", file=sys.stderr)
+            print("\nrnnflow: stopping after this batch (Ctrl-C again to abort)", file=sys.stderr)
         self.requested = self.requested or signum
 
     def _restore_handlers(self) -> None:
@@ -94,23 +101,30 @@ class InterruptCheckpoint(L.Callback):
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         requested = self.requested
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
             flag = torch.tensor([requested], dtype=torch.int32, device=pl_module.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             requested = int(flag.item())
-        if not requested:
+        if requested:
+            self._stopping = requested
+            for checkpoint in _run_checkpoints(trainer):
+                checkpoint.request_save()  # Checkpoint callbacks run after this one: at this batch's end
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if not self._stopping:
             return
-        # Save here rather than in on_exception: spawned DDP workers (ddp_spawn) never reach
-        # on_exception. Nothing of this batch has run; a resume runs it first.
-        self._save(trainer, pl_module)
+        # Before anything of this batch has run (and here rather than in on_exception: spawned DDP
+        # workers under ddp_spawn never reach on_exception).
+        self._report(trainer)
         for logger in trainer.loggers:
             logger.finalize("interrupted")  # flush TensorBoard before the process exits
         trainer.strategy.barrier("rnnflow.interrupt")
-        if self._slurm is not None and requested != signal.SIGINT:
-            self._slurm.requeue(requested, self._previous.get(requested))
-        raise Interrupted(requested)  # the handlers are restored in on_exception (not reached under spawn)
+        if self._slurm is not None and self._stopping != signal.SIGINT:
+            self._slurm.requeue(self._stopping, self._previous.get(self._stopping))
+        # The handlers are restored in on_exception (not reached under spawn).
+        raise Interrupted(self._stopping)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_handlers()
@@ -119,20 +133,36 @@ class InterruptCheckpoint(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         self._restore_handlers()
-        # Lightning's own SIGTERM stop (a signal outside the training loop) in a single process, at a
-        # batch end. Interrupted was saved already; anything else (a bug, a non-finite explosion, a
-        # second Ctrl-C mid-batch) leaves last.ckpt as it was.
-        if type(exception) is SIGTERMException and trainer.world_size == 1:
-            self._save(trainer, pl_module)
+        # Lightning's own SIGTERM stop (a SIGTERM it received before on_train_start): the save was
+        # requested at the end of the batch it stopped after.
+        if type(exception) is SIGTERMException and self._stopping:
+            self._report(trainer)
 
-    def _save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not all_finite(pl_module):
-            log.warning("interrupted with non-finite weights: %s is left as it was", self.path)
+    def _report(self, trainer: L.Trainer) -> None:
+        checkpoints = _run_checkpoints(trainer)
+        for checkpoint in checkpoints:
+            checkpoint.commit(trainer)
+        if not trainer.is_global_zero:
             return
-        trainer.save_checkpoint(self.path, weights_only=False)  # full state: optimizer, loops, callbacks
-        if trainer.is_global_zero:
-            # On stderr as well as the log: the one line a user needs after Ctrl-C or a pre-emption.
+        saved = [c for c in checkpoints if c.saved_step == trainer.global_step]
+        # On stderr as well as the log: the one line a user needs after Ctrl-C or a pre-emption.
+        if saved:
             print(
-                f"rnnflow: interrupted at step {trainer.global_step}; resume with ckpt_path={self.path}",
+                f"rnnflow: interrupted at step {trainer.global_step}; resume with ckpt_path={saved[0].path}",
                 file=sys.stderr,
             )
+        elif checkpoints and checkpoints[0].path.is_file():
+            print(
+                f"rnnflow: interrupted at step {trainer.global_step}, a state that is not good (see the "
+                f"warning above); resume from the last good state with ckpt_path={checkpoints[0].path}",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"rnnflow: interrupted at step {trainer.global_step}; no checkpoint to resume from",
+                file=sys.stderr,
+            )
+
+
+def _run_checkpoints(trainer: L.Trainer) -> list[RunCheckpoint]:
+    return [c for c in trainer.checkpoint_callbacks if isinstance(c, RunCheckpoint)]

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 RUN_MECHANICS = (
     "ckpt_path",
+    "checkpoint",
     "trainer",
     "diagnostics",
     "hydra",

@@ -1,4 +1,4 @@
-"""One training run from a composed config: validate, build, fit, return the final metrics."""
+"""One training run from a composed config: validate, lock the run dir, build, fit, return the metrics."""
 
 from __future__ import annotations
 
@@ -11,20 +11,23 @@ from omegaconf import DictConfig
 
 from rnnflow.config import validate_config
 from rnnflow.runtime.build import build_datamodule, build_module, build_task_from_config, build_trainer
+from rnnflow.runtime.checkpoint import AtomicCheckpointIO
 from rnnflow.runtime.checkpoint_check import check_checkpoint
 from rnnflow.runtime.devices import check_launch, pin_job_to_gpu
 from rnnflow.runtime.host_settings import HostSettings
 from rnnflow.runtime.memory import check_memory
-from rnnflow.runtime.resume import ContinuousResumeStep
+from rnnflow.runtime.resume import check_resume
 from rnnflow.runtime.resume_dir import resume_run_dir
 from rnnflow.runtime.run_end import HParamsSummary, ValidateAtEnd
+from rnnflow.runtime.run_lock import RunDirLock
 from rnnflow.runtime.slurm import check_job, requeued_checkpoint
 
 
 def train(cfg: DictConfig, multirun: bool = False, job_number: int | None = None) -> dict[str, float]:
     """Train the experiment ``cfg`` describes; returns the final ``trainer.callback_metrics``.
 
-    Raises :class:`rnnflow.config.ConfigError` before anything is built if a value is invalid.
+    Raises :class:`rnnflow.config.ConfigError` before anything is built if a value is invalid,
+    :class:`rnnflow.runtime.run_lock.RunDirInUse` if a live run holds the run dir.
     ``multirun``/``job_number``: this run is job ``job_number`` of a Hydra sweep.
     """
     validate_config(cfg)
@@ -40,6 +43,13 @@ def train(cfg: DictConfig, multirun: bool = False, job_number: int | None = None
     run_dir = resume_run_dir(cfg.get("ckpt_path"), overrides)
     if run_dir is not None:
         cfg.paths.output_dir = str(run_dir)
+    if cfg.get("ckpt_path") is not None:
+        check_resume(cfg, cfg.ckpt_path)
+    with RunDirLock(cfg.paths.output_dir):
+        return _fit(cfg, multirun, job_number)
+
+
+def _fit(cfg: DictConfig, multirun: bool, job_number: int | None) -> dict[str, float]:
     if multirun and job_number is not None and torch.cuda.is_available():
         pin_job_to_gpu(cfg, job_number, torch.cuda.device_count())
     host = HostSettings(
@@ -55,7 +65,9 @@ def train(cfg: DictConfig, multirun: bool = False, job_number: int | None = None
         check_checkpoint(cfg.ckpt_path, module, dict(module.hparams))
     datamodule = build_datamodule(cfg, task)
     trainer = build_trainer(
-        cfg, extra_callbacks=[host, ContinuousResumeStep(), ValidateAtEnd(), HParamsSummary(module.hparams)]
+        cfg,
+        extra_callbacks=[host, ValidateAtEnd(), HParamsSummary(module.hparams)],
+        plugins=[AtomicCheckpointIO()],  # every checkpoint write atomic
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     return {name: float(value) for name, value in trainer.callback_metrics.items()}
