@@ -54,8 +54,8 @@ class NonFiniteGuard(L.Callback):
             raise FloatingPointError(message + "; nonfinite.policy=raise")
         if self.policy == "stop" or self.consecutive >= self.max_consecutive:
             log.error(
-                "%s: stopping (nonfinite.policy=%s, max_consecutive=%d); the last checkpoint keeps the "
-                "last finite weights",
+                "%s: stopping (nonfinite.policy=%s, max_consecutive=%d); checkpoints/last.ckpt keeps the "
+                "last good state",
                 message,
                 self.policy,
                 self.max_consecutive,
