@@ -254,12 +254,12 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues_exactly(tmp_path, train
 
 
 class SignalAtBatch(L.Callback):
-    """Test helper: send ``signum`` to this process at the start of batch ``batch`` (it still runs)."""
+    """Test helper: send ``signum`` to this process at the end of batch ``batch``."""
 
     def __init__(self, batch: int, signum: int) -> None:
         self.batch, self.signum = batch, signum
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx == self.batch:
             signal.raise_signal(self.signum)
 
@@ -283,9 +283,16 @@ def train_with(tmp_path: Path, name: str, *overrides: str, signal_at: int | None
 CLIPPED = ["clip.max_norm=0.05", "diagnostics.every_n_steps=3", "trainer.val_check_interval=4"]
 
 
-def test_interrupt_callback_runs_before_the_diagnostics():
-    # it stops a batch before GradientFlowMonitor/SpectralMonitor schedule themselves for it
-    assert next(iter(compose_config().callbacks)) == "interrupt"
+def test_interrupt_callback_runs_after_the_others_and_before_the_checkpoint(tmp_path):
+    # A signal raised in any callback's on_train_batch_end stops the run at the end of that batch,
+    # and the checkpoint callback saves after the interrupt callback asked for it.
+    from rnnflow.runtime.build import build_trainer
+    from rnnflow.runtime.checkpoint import RunCheckpoint
+    from rnnflow.runtime.interrupt import InterruptCheckpoint
+
+    trainer = build_trainer(compose_config(*TINY, output_dir=tmp_path))
+    kinds = [type(c) for c in trainer.callbacks]
+    assert kinds[-2:] == [InterruptCheckpoint, RunCheckpoint]
 
 
 def test_ctrl_c_stops_before_the_next_batch_and_resume_is_exact(tmp_path):

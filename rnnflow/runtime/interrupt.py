@@ -34,6 +34,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from rnnflow.runtime.checkpoint import RunCheckpoint
@@ -67,10 +68,13 @@ def interrupt_exit_status(error: BaseException) -> int | None:
     return None
 
 
-class InterruptCheckpoint(L.Callback):
+class InterruptCheckpoint(Checkpoint):
     """Stop on SIGTERM / Ctrl-C at a batch boundary with a checkpoint (see the module docstring).
 
-    The checkpoint is the run's :class:`RunCheckpoint` (without one the run stops unsaved).
+    The checkpoint is the run's :class:`RunCheckpoint` (without one the run stops unsaved). A
+    Lightning ``Checkpoint`` callback, so Lightning runs its hooks after every other callback's
+    (and before the ``RunCheckpoint`` listed after it): a signal that arrives while any other
+    callback does its end-of-batch work still stops the run at the end of this batch.
     """
 
     def __init__(self) -> None:
@@ -110,13 +114,13 @@ class InterruptCheckpoint(L.Callback):
         if requested:
             self._stopping = requested
             for checkpoint in _run_checkpoints(trainer):
-                checkpoint.request_save()  # Checkpoint callbacks run after this one: at this batch's end
+                checkpoint.request_save()  # it runs after this callback: at the end of this batch
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if not self._stopping:
             return
-        # Before anything of this batch has run (and here rather than in on_exception: spawned DDP
-        # workers under ddp_spawn never reach on_exception).
+        # Before anything of this batch has run but the other callbacks' scheduling (and here rather
+        # than in on_exception: spawned DDP workers under ddp_spawn never reach on_exception).
         self._report(trainer)
         for logger in trainer.loggers:
             logger.finalize("interrupted")  # flush TensorBoard before the process exits
