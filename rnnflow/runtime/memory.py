@@ -142,7 +142,7 @@ def _gib(size: float) -> str:
     gib = size / GIB
     if gib >= 1024:
         return f"{gib / 1024:.1f} TiB"
-    return f"{gib:.1f} GiB" if gib >= 0.1 else f"{size / 2**20:.0f} MiB"
+    return f"{gib:.1f} GiB" if gib >= 0.1 else f"{size / 2**20:.1f} MiB"
 
 
 __all__ = ["StepMemory", "check_memory", "estimate_step_memory", "parameter_count"]
