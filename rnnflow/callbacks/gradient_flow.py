@@ -14,7 +14,8 @@ several recurrent modules; ``layer0_reverse`` for a backward direction):
 * the full profiles ``grad_flow/L/profile`` (hidden, and cell for an LSTM), one tensor summary
   per probe and layer (:mod:`rnnflow.report.profiles`),
 * every ``figure_every_n_steps`` (and at the first and last probe): the image ``grad_flow/profile``
-  (all layers, with the ρ and α lines) and ``grad_flow/L/heatmap``.
+  (all layers, with the ρ and α lines and the listeners' ``profile_lines``, e.g. the Lyapunov
+  exponent's ``e^{λ₁}``) and ``grad_flow/L/heatmap``.
 
 Scalars go through every logger of the trainer; images and layouts to TensorBoard only. Callbacks
 that subclass :class:`rnnflow.callbacks.probe_listener.ProbeListener` receive each probed layer's
@@ -178,7 +179,11 @@ class GradientFlowMonitor(L.Callback):
                 series["cell"] = flow.cell.double().cpu().numpy()
             write_profiles(writer, "grad_flow", name, step, series)
         if self._is_figure_step(trainer, pl_module, step):
-            self._write_figures(writer, profiles, step)
+            predicted: dict[str, dict[str, float]] = {}
+            for callback in trainer.callbacks:
+                if isinstance(callback, ProbeListener):
+                    predicted.update(callback.profile_lines())
+            self._write_figures(writer, profiles, step, predicted)
 
     def _scalars(self, prefix: str, flow: LayerGradientFlow, profile: np.ndarray) -> dict[str, float]:
         hidden = flow.hidden.double().cpu()
@@ -204,10 +209,18 @@ class GradientFlowMonitor(L.Callback):
         crossed = step // self.figure_every_n_steps > previous // self.figure_every_n_steps
         return first or crossed or is_last_batch(trainer, pl_module, started=False)
 
-    def _write_figures(self, writer: Any, profiles: dict[str, np.ndarray], step: int) -> None:
+    def _write_figures(
+        self,
+        writer: Any,
+        profiles: dict[str, np.ndarray],
+        step: int,
+        predicted: dict[str, dict[str, float]] | None = None,
+    ) -> None:
         names = list(profiles)
         fits = [tuple(float(v) for v in decay_fit(torch.from_numpy(profiles[n]))) for n in names]
         lines: dict[str, list[tuple[float, float] | None]] = {"α (fit)": fits}
+        for label, factors in (predicted or {}).items():  # listeners' lines (e.g. e^λ₁), from the last step
+            lines[label] = [(factors[n], float(profiles[n][-1])) if n in factors else None for n in names]
         radii: list[tuple[float, float] | None] = []
         for name in names:
             module, key = self._layers.get(name, (None, None))

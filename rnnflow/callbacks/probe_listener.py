@@ -9,6 +9,9 @@ on every callback of the trainer that subclasses :class:`ProbeListener`:
   ``layer.name`` is the layer's tag name (``layer0``, or ``encoder.rnn/layer0`` in a model with
   several recurrent modules).
 * ``on_probe_end(trainer, pl_module, step)`` once after the step's layers, to write what was reduced.
+* ``profile_lines()`` after ``on_probe_end``: straight lines the listener predicts for the gradient
+  profile picture ``grad_flow/profile``, ``{label: {layer name: r}}``, each drawn as
+  ``‖∂L/∂h_{T−1}‖ · r^{T−1−t}`` (e.g. ``e^{λ₁}`` of the Lyapunov exponent).
 
 Like Lightning's own hooks these are no-ops by default; a listener never sets attributes on the
 monitor or the module.
@@ -31,3 +34,7 @@ class ProbeListener(L.Callback):
 
     def on_probe_end(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         """All layers of the probe step were handed over."""
+
+    def profile_lines(self) -> dict[str, dict[str, float]]:
+        """Per-step factors to draw in the gradient profile picture: ``{label: {layer name: r}}``."""
+        return {}

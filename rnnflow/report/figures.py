@@ -43,7 +43,7 @@ def profile_figure(
         steps = np.arange(len(profile))
         # Thick and translucent, so that a reference line lying exactly on it stays visible.
         axes.plot(steps, _log10(profile), color=colour, lw=3.5, alpha=0.45, label=label)
-        for style, (name, lines) in zip(("--", ":"), (reference_lines or {}).items(), strict=False):
+        for style, (name, lines) in zip(("--", ":", "-."), (reference_lines or {}).items(), strict=False):
             line = lines[index] if index < len(lines) else None
             if line is None or not all(np.isfinite(v) and v > 0 for v in line):
                 continue

@@ -132,8 +132,8 @@ RULES: tuple[Rule, ...] = (
         (("early_share", "<", LATE_CREDIT),),
         ("early_share", "log10_ratio"),
         (
-            ("model=lstm (gating)", RNN),
-            ("model.init.spectral_radius=1.0", RNN),
+            ("model=lstm or model=gru (gating)", RNN),
+            ("model.init.recurrent=orthogonal model.init.spectral_radius=1.0", RNN),
             ("model.init.forget_bias=chrono", LSTM),
         ),
     ),
