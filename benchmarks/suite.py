@@ -18,6 +18,9 @@ target ``(B,)``, MSE), the model a one-layer :class:`rnnflow.models.RecurrentNet
 * :func:`bench_lengths`: plain step time and activation memory at several T.
 * :func:`bench_denormal`: a vanishing model (ρ = 0.5) against a healthy one (ρ = 1), with
   and without flush-to-zero.
+* :func:`bench_explain`: each explanatory instrument's own time on a probe step (activations,
+  gates, Lyapunov, credit, parameter gradients, verdict, picture, and the shared gate recomputation)
+  over the probed step, and the probed step with all of them over the plain probed step.
 * :func:`bench_host_memory`: a plain step with freed host memory kept in the process
   (rnnflow's default on the CPU) against glibc's default of returning it to the kernel.
 """
@@ -632,3 +635,134 @@ def bench_host_memory(sizes: BenchSizes, repeats: int) -> dict[str, Any]:
         figures[f"{label}_faults_per_step"] = statistics.median(samples[keep]["faults"])
     figures["speedup"] = figures["returned_ms"] / figures["kept_ms"]
     return figures
+
+
+EXPLAIN_INSTRUMENTS = (
+    "trajectory",
+    "activations",
+    "gates",
+    "lyapunov",
+    "credit",
+    "parameters",
+    "verdict",
+    "why",
+)
+
+
+def _instrument_work(layer: Any, model: nn.Module) -> dict[str, Callable[[], Any]]:
+    """What each explanatory callback computes on one probed layer (the callbacks' own calls)."""
+    from rnnflow.callbacks.parameters import exact_gradient_norms
+    from rnnflow.callbacks.trajectory import sub_batch
+    from rnnflow.probes.activations import activation_stats
+    from rnnflow.probes.credit import credit_profile, step_norms
+    from rnnflow.probes.gates import gate_stats
+    from rnnflow.probes.lyapunov import lyapunov_exponents
+    from rnnflow.probes.profile_stats import decay_rate, log10_ratio
+    from rnnflow.probes.trajectory import recompute
+
+    def trajectory() -> Any:
+        return recompute(layer.spec, layer.inputs, layer.outputs, layer.initial, layer.initial_cell)
+
+    shared = trajectory()
+
+    def lyapunov() -> Any:
+        part = sub_batch(layer, 4)
+        sample = recompute(part.spec, part.inputs, part.outputs, part.initial, part.initial_cell)
+        return lyapunov_exponents(sample, 1)
+
+    def parameters() -> Any:
+        norms = exact_gradient_norms(model)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        ratios = {
+            n: float(torch.linalg.vector_norm((p.detach() - before[n]).double()))
+            for n, p in model.named_parameters()
+        }
+        return norms, ratios
+
+    def verdict() -> Any:
+        profile = step_norms(layer.hidden_grad)
+        return float(log10_ratio(profile)), float(decay_rate(profile))
+
+    def why() -> Any:
+        return step_norms(layer.hidden_grad), None if layer.cell_grad is None else step_norms(layer.cell_grad)
+
+    work = {
+        "trajectory": trajectory,
+        "activations": lambda: activation_stats(shared),
+        "lyapunov": lyapunov,
+        "credit": lambda: credit_profile(shared, layer.hidden_grad, layer.cell_grad),
+        "parameters": parameters,
+        "verdict": verdict,
+        "why": why,
+    }
+    if layer.spec.cell != "rnn":
+        work["gates"] = lambda: gate_stats(shared)
+    return work
+
+
+def bench_explain(
+    sizes: BenchSizes, device: torch.device, repeats: int, cells: tuple[str, ...] = ("lstm",)
+) -> dict[str, dict[str, Any]]:
+    """Cost of each explanatory instrument on a probe step, as a fraction of the probed step.
+
+    The probed step (forward through the probe, backward, ``gradient_flow()``, optimizer step) and
+    each instrument's own computation on that step's :class:`LayerBackward` (captured once) are
+    timed interleaved; ``<instrument>_vs_probe`` = instrument time / probed step time. ``trajectory``
+    (the gate recomputation shared by activations, gates and credit) is its own line. ``all_in_step``:
+    the probed step with every instrument running as a consumer of the probe, over the plain probed step.
+    """
+    inputs, targets = adding_batch(sizes.steps, sizes.batch, device)
+    return {cell: _explain_cell(cell, sizes, device, repeats, inputs, targets) for cell in cells}
+
+
+def _explain_cell(
+    cell: str,
+    sizes: BenchSizes,
+    device: torch.device,
+    repeats: int,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+) -> dict[str, Any]:
+    model = make_model(cell, sizes.hidden, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    captured: list[Any] = []
+
+    def probed(consumer: Callable[[Any], None] | None = None) -> Callable[[], None]:
+        def run() -> None:
+            probe = GradientFlowProbe(route="auto")
+            if consumer is not None:
+                probe.add_consumer(consumer)
+            optimizer.zero_grad(set_to_none=True)
+            with probe.attach(model):
+                outputs = model(inputs)
+            nn.functional.mse_loss(outputs.squeeze(-1), targets).backward()
+            probe.gradient_flow()
+            optimizer.step()
+
+        return run
+
+    def capture(layer: Any) -> None:
+        captured[:] = [layer]
+
+    probed(capture)()
+    work = _instrument_work(captured[0], model)
+
+    def everything(layer: Any) -> None:
+        tasks = _instrument_work(layer, model)  # computes the shared trajectory once
+        for name, task in tasks.items():
+            if name != "trajectory":
+                task()
+
+    variants: dict[str, Callable[[], Any]] = {"probed": probed(), "all_in_step": probed(everything)}
+    variants.update(work)
+    timings = interleaved_timings(variants, repeats, device)
+    medians = timings.medians
+    step = medians["probed"]
+    row: dict[str, Any] = {"probed_ms": 1e3 * step, "probed_spread": timings.spread("probed")}
+    for name in EXPLAIN_INSTRUMENTS:
+        if name in medians:
+            row[f"{name}_ms"] = 1e3 * medians[name]
+            row[f"{name}_vs_probe"] = medians[name] / step
+    row["instruments_sum_vs_probe"] = sum(medians[n] for n in work) / step
+    row["all_in_step_vs_probe"] = medians["all_in_step"] / step
+    return row

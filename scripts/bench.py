@@ -57,6 +57,7 @@ from benchmarks.suite import (  # noqa: E402
     BenchSizes,
     bench_amortized_measured,
     bench_denormal,
+    bench_explain,
     bench_host_memory,
     bench_lengths,
     bench_lightning_vs_raw,
@@ -69,7 +70,7 @@ from benchmarks.suite import (  # noqa: E402
 from benchmarks.timing import load_average  # noqa: E402
 from rnnflow.runtime.host_settings import apply_host_settings  # noqa: E402
 
-SECTIONS = ("probe", "phases", "lightning", "amortized", "lengths", "denormal", "host_memory")
+SECTIONS = ("probe", "phases", "lightning", "amortized", "lengths", "denormal", "host_memory", "explain")
 
 
 def git_commit() -> str | None:
@@ -96,6 +97,7 @@ def goals_for(device: torch.device) -> dict[str, tuple[str, float, float | None]
         "time_per_T": ("within", 0.9, 1.1),
         "memory_per_T": ("within", 0.9, 1.1),
         "denormal_slowdown": ("<=", 1.1, None),
+        "explain_overhead": ("<=", 0.10, None),
     }
 
 
@@ -147,6 +149,23 @@ def table_rows(figures: dict[str, Any], device: torch.device) -> list[tuple[str,
     for key in ("denormal_slowdown_without_flush", "host_memory_speedup"):
         if key in figures:
             rows.append((key, figures[key], "(info)", "-"))
+    if "explain_overhead" in figures:
+        sense, goal, upper = goals["explain_overhead"]
+        value = figures["explain_overhead"]
+        rows.append(
+            (
+                "explain_overhead",
+                value,
+                f"{sense} {goal:.3g}",
+                "pass" if check(value, sense, goal, upper) else "FAIL",
+            )
+        )
+    for cell, row in figures.get("explain", {}).items():  # each instrument on its own line
+        for key, value in row.items():
+            if key.endswith("_vs_probe") and key != "all_in_step_vs_probe":
+                rows.append(
+                    (f"explain/{cell}/{key.removesuffix('_vs_probe')}", value, "(share of probe step)", "-")
+                )
     return rows
 
 
@@ -333,6 +352,11 @@ def main() -> None:
                 figures["denormal_slowdown_without_flush"] = max(
                     row["slowdown_without_flush"] for row in figures["denormal"].values()
                 )
+        if "explain" in sections:
+            announce("explanatory instruments")
+            figures["explain"] = bench_explain(sizes, device, repeats, cells)
+            if "lstm" in figures["explain"]:
+                figures["explain_overhead"] = figures["explain"]["lstm"]["all_in_step_vs_probe"] - 1
         if "host_memory" in sections and device.type == "cpu":
             announce("host memory")
             figures["host_memory"] = bench_host_memory(sizes, repeats)
