@@ -346,3 +346,19 @@ def test_lyapunov_of_annihilating_dynamics_is_minus_infinity_not_nan(count):
     spec, u, initial, _ = fused_call(layer, x)
     exponents = lyapunov_exponents(recompute(spec, x, u, initial), count=count)
     assert torch.equal(exponents, torch.full_like(exponents, -math.inf))
+
+
+@pytest.mark.parametrize("rho", [1e-8, 1e9])
+def test_lyapunov_long_qr_interval_stays_exact_beyond_float64_range(rho):
+    """ρ = 1e−8 (1e9) over 50 steps leaves float64's range: the block is redone step by step."""
+    layer = make_layer("tanh")
+    with torch.no_grad():
+        nn.init.orthogonal_(layer.weight_hh_l0)
+        layer.weight_hh_l0.mul_(rho)
+        for name in ("weight_ih_l0", "bias_ih_l0", "bias_hh_l0"):
+            getattr(layer, name).zero_()
+    x, _ = _data(steps=120, batch=2)
+    spec, u, initial, _ = fused_call(layer, x)
+    for count in (1, 2):
+        exponents = lyapunov_exponents(recompute(spec, x, u, initial), count=count, qr_every=50)
+        torch.testing.assert_close(exponents, torch.full((2, count), math.log(rho), dtype=torch.float64))

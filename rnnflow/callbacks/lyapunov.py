@@ -31,7 +31,7 @@ class LyapunovMonitor(ProbeListener):
     """Args: ``enabled``; ``count`` k of exponents; ``sequences`` samples used; ``qr_every`` steps
     between re-orthonormalisations."""
 
-    def __init__(self, enabled: bool = True, count: int = 1, sequences: int = 4, qr_every: int = 1) -> None:
+    def __init__(self, enabled: bool = True, count: int = 1, sequences: int = 4, qr_every: int = 10) -> None:
         self.enabled = enabled
         self.count = count
         self.sequences = sequences

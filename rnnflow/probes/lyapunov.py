@@ -60,13 +60,59 @@ def _step_coefficients(trajectory: Trajectory) -> list[torch.Tensor]:
     return [z, (trajectory.previous.double() - n) * z * (1 - z), through_n * r, through_n * m * r * (1 - r)]
 
 
+State = tuple[torch.Tensor, ...]  # (v,) or, for the LSTM, (v_h, v_c); each (n, ·, k)
+
+
+def _tangent_step(cell: str, hidden: int, w_hh: torch.Tensor, factors: list[torch.Tensor], v: State) -> State:
+    """``J_t v`` for the cell's step ``t`` (``factors``: that step's coefficients, module docstring)."""
+    if cell == "rnn":
+        return (factors[0] * torch.matmul(w_hh, v[0]),)
+    if cell == "lstm":
+        forget, into_cell, from_output, through_tanh = factors
+        v_h, v_c = v
+        samples, count = v_h.size(0), v_h.size(-1)
+        a = torch.matmul(w_hh, v_h)  # (n, 4H, k)
+        new_c = (into_cell * a[:, : 3 * hidden]).view(samples, 3, hidden, count).sum(dim=1)
+        new_c.addcmul_(forget, v_c)
+        return torch.addcmul(from_output * a[:, 3 * hidden :], through_tanh, new_c), new_c
+    keep, via_z, via_n, via_r = factors
+    a = torch.matmul(w_hh, v[0])  # (n, 3H, k)
+    new = keep * v[0]
+    new.addcmul_(via_z, a[:, hidden : 2 * hidden])
+    new.addcmul_(via_n, a[:, 2 * hidden :])
+    new.addcmul_(via_r, a[:, :hidden])
+    return (new,)
+
+
+# Renormalising a single tangent vector only every few steps is exact as long as its norm stays
+# inside float64's range; outside these bounds the block is redone with a renormalisation per step.
+_SAFE_LOW, _SAFE_HIGH = 1e-280, 1e280
+
+
+def _orthonormalise(v: State, count: int) -> tuple[State, torch.Tensor, bool]:
+    """``(Q, ln|diag R|, within range)`` of the QR factorisation of the stacked state ``(n, d, k)``."""
+    stacked = v[0] if len(v) == 1 else torch.cat(v, dim=1)
+    if count == 1:  # QR of one column: its norm (three cheap ops instead of a LAPACK call)
+        norm = torch.linalg.vector_norm(stacked, dim=1, keepdim=True)
+        q = stacked / torch.where(norm > 0, norm, torch.ones_like(norm))
+        diagonal = norm[:, 0]
+    else:
+        q, r = torch.linalg.qr(stacked)
+        diagonal = torch.diagonal(r, dim1=-2, dim2=-1).abs()
+    safe = bool(((diagonal > _SAFE_LOW) & (diagonal < _SAFE_HIGH)).all())
+    parts = (q,) if len(v) == 1 else tuple(q.split(v[0].size(1), dim=1))
+    return parts, diagonal.log(), safe  # ln 0 = −inf where a direction was mapped to exactly 0
+
+
 def lyapunov_exponents(
     trajectory: Trajectory, count: int = 1, qr_every: int = 1, seed: int = 0
 ) -> torch.Tensor:
     """``(n, k)`` finite-time exponents (descending) of each of the trajectory's n samples.
 
-    ``count`` = k ≤ d; ``qr_every``: re-orthonormalise every that many steps (1 = every step; a
-    longer interval is cheaper but lets the lower directions collapse onto the top one).
+    ``count`` = k ≤ d; ``qr_every``: re-orthonormalise every that many steps. For k = 1 any interval
+    gives the same exponent (a block whose norm leaves ``[1e−280, 1e280]`` is redone step by step);
+    for k > 1 a long interval lets the lower directions collapse onto the top one (keep it below
+    ~30 / (λ_1 − λ_k) steps).
     """
     spec = trajectory.spec
     hidden = spec.hidden_size
@@ -76,38 +122,24 @@ def lyapunov_exponents(
     steps, samples = trajectory.steps, trajectory.outputs.size(1)
     device = trajectory.outputs.device
     w_hh = spec.weights[1].detach().to(device, torch.float64)
-    coefficients = [c.unsqueeze(-1) for c in _step_coefficients(trajectory)]  # (T, n, ·, 1)
+    per_step = list(zip(*(c.unsqueeze(-1).unbind(0) for c in _step_coefficients(trajectory)), strict=True))
     generator = torch.Generator().manual_seed(seed)
     start = torch.randn(dim, count, generator=generator, dtype=torch.float64)
-    v = torch.linalg.qr(start)[0].to(device).expand(samples, dim, count).contiguous()
+    q = torch.linalg.qr(start)[0].to(device).expand(samples, dim, count).contiguous()
+    v: State = (q,) if spec.cell != "lstm" else (q[:, :hidden].contiguous(), q[:, hidden:].contiguous())
     logs = torch.zeros(samples, count, dtype=torch.float64, device=device)
     with torch.no_grad():
-        for t in range(steps):
-            factors = [c[t] for c in coefficients]
-            if spec.cell == "rnn":
-                v = factors[0] * torch.matmul(w_hh, v)
-            elif spec.cell == "lstm":
-                forget, into_cell, from_output, through_tanh = factors
-                a = torch.matmul(w_hh, v[:, :hidden])  # (n, 4H, k)
-                v_c = (into_cell * a[:, : 3 * hidden]).view(samples, 3, hidden, count).sum(dim=1)
-                v_c.addcmul_(forget, v[:, hidden:])
-                v_h = torch.addcmul(from_output * a[:, 3 * hidden :], through_tanh, v_c)
-                v = torch.cat([v_h, v_c], dim=1)
-            else:
-                keep, via_z, via_n, via_r = factors
-                a = torch.matmul(w_hh, v)  # (n, 3H, k)
-                new = keep * v
-                new.addcmul_(via_z, a[:, hidden : 2 * hidden])
-                new.addcmul_(via_n, a[:, 2 * hidden :])
-                new.addcmul_(via_r, a[:, :hidden])
-                v = new
-            if (t + 1) % qr_every == 0 or t == steps - 1:
-                if count == 1:  # QR of one column: its norm (three cheap ops instead of a LAPACK call)
-                    norm = torch.linalg.vector_norm(v, dim=1, keepdim=True)
-                    logs += norm[:, 0].log()  # −inf where the direction was mapped to exactly 0
-                    v = v / torch.where(norm > 0, norm, torch.ones_like(norm))
-                else:
-                    q, r = torch.linalg.qr(v)
-                    logs += torch.diagonal(r, dim1=-2, dim2=-1).abs().log()
-                    v = q
+        for begin in range(0, steps, qr_every):
+            stop = min(begin + qr_every, steps)
+            block_start = v
+            for t in range(begin, stop):
+                v = _tangent_step(spec.cell, hidden, w_hh, list(per_step[t]), v)
+            v, increment, safe = _orthonormalise(v, count)
+            if not safe and stop - begin > 1:  # redo the block with a renormalisation at every step
+                v, increment = block_start, torch.zeros_like(logs)
+                for t in range(begin, stop):
+                    v = _tangent_step(spec.cell, hidden, w_hh, list(per_step[t]), v)
+                    v, step_log, _ = _orthonormalise(v, count)
+                    increment += step_log
+            logs += increment
     return logs / steps
