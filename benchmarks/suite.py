@@ -649,8 +649,15 @@ EXPLAIN_INSTRUMENTS = (
 )
 
 
+def _explain_settings() -> dict[str, Any]:
+    """The default config's ``diagnostics`` (explain_sequences, lyapunov_sequences, lyapunov_qr_every)."""
+    from omegaconf import OmegaConf
+
+    return dict(OmegaConf.load(CONF_DIR / "train.yaml").diagnostics)
+
+
 def _instrument_work(layer: Any, model: nn.Module) -> dict[str, Callable[[], Any]]:
-    """What each explanatory callback computes on one probed layer (the callbacks' own calls)."""
+    """What each explanatory callback computes on one probed layer at the default settings."""
     from rnnflow.callbacks.parameters import exact_gradient_norms
     from rnnflow.callbacks.trajectory import sub_batch
     from rnnflow.probes.activations import activation_stats
@@ -660,15 +667,18 @@ def _instrument_work(layer: Any, model: nn.Module) -> dict[str, Callable[[], Any
     from rnnflow.probes.profile_stats import decay_rate, log10_ratio
     from rnnflow.probes.trajectory import recompute
 
+    settings = _explain_settings()
+    part = sub_batch(layer, settings["explain_sequences"])
+
     def trajectory() -> Any:
-        return recompute(layer.spec, layer.inputs, layer.outputs, layer.initial, layer.initial_cell)
+        return recompute(part.spec, part.inputs, part.outputs, part.initial, part.initial_cell)
 
     shared = trajectory()
 
     def lyapunov() -> Any:
-        part = sub_batch(layer, 4)
-        sample = recompute(part.spec, part.inputs, part.outputs, part.initial, part.initial_cell)
-        return lyapunov_exponents(sample, 1)
+        few = sub_batch(layer, settings["lyapunov_sequences"])
+        sample = recompute(few.spec, few.inputs, few.outputs, few.initial, few.initial_cell)
+        return lyapunov_exponents(sample, settings["lyapunov_count"], settings["lyapunov_qr_every"])
 
     def parameters() -> Any:
         norms = exact_gradient_norms(model)
@@ -690,7 +700,7 @@ def _instrument_work(layer: Any, model: nn.Module) -> dict[str, Callable[[], Any
         "trajectory": trajectory,
         "activations": lambda: activation_stats(shared),
         "lyapunov": lyapunov,
-        "credit": lambda: credit_profile(shared, layer.hidden_grad, layer.cell_grad),
+        "credit": lambda: credit_profile(shared, part.hidden_grad, part.cell_grad),
         "parameters": parameters,
         "verdict": verdict,
         "why": why,

@@ -114,14 +114,14 @@ def depth_table(runs: Sequence[Run]) -> str | None:
         if any(TO_TOP.match(tag) for tag in run.scalars):
             key = ", ".join(f"{k}={v}" for k, v in run.overrides.items() if k != "seed") or run.name
             groups.setdefault(key, []).append(run)
-    if not groups:
-        return None
     layers: list[str] = []
     for members in groups.values():
         for run in members:
             layers += [
                 m.group(1) for tag in run.scalars if (m := TO_TOP.match(tag)) and m.group(1) not in layers
             ]
+    if len(layers) < 2:  # a single layer is its own top: nothing to compare
+        return None
     headers = ["configuration", "seeds", *(f"{layer} / top" for layer in layers)]
     headers += [f"‖∇ {layers[0]}‖", f"‖∇ {layers[-1]}‖ (top)"]
     rows = []
