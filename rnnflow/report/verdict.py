@@ -121,7 +121,7 @@ RULES: tuple[Rule, ...] = (
         (("dead_fraction", ">", DEAD),),
         ("dead_fraction", "saturated_fraction"),
         (
-            ("model.init.recurrent=identity (IRNN)", RNN),
+            ("model.nonlinearity=relu model.init.recurrent=identity (IRNN)", RNN),
             ("model.init.input=kaiming", RNN),
             ("a smaller optim.lr", RNN),
         ),
