@@ -13,12 +13,11 @@ profile record ``activations/L/profile`` (:mod:`rnnflow.report.profiles`), kept 
 
 from __future__ import annotations
 
-import lightning as L
+import numpy as np
 import torch
 
-from rnnflow.callbacks.logging import log_scalars, tensorboard_experiment
-from rnnflow.callbacks.probe_listener import ProbeListener
-from rnnflow.callbacks.trajectory import release, shared_trajectory
+from rnnflow.callbacks.probe_listener import LayerInstrument
+from rnnflow.callbacks.trajectory import shared_trajectory
 from rnnflow.probes.activations import (
     SATURATION_THRESHOLD,
     ActivationStats,
@@ -26,50 +25,37 @@ from rnnflow.probes.activations import (
     merge_activation_stats,
 )
 from rnnflow.probes.gradient_flow import LayerBackward
-from rnnflow.report.profiles import write_profiles
 
 
-class ActivationMonitor(ProbeListener):
+class ActivationMonitor(LayerInstrument[ActivationStats]):
     """Args: ``enabled``; ``threshold`` ε of the saturated fraction; ``sequences``: use the first that
     many samples of the probe batch (None: all)."""
+
+    group = "activations"
+    labels = {"derivative": "mean φ'(a_t)"}
 
     def __init__(
         self, enabled: bool = True, threshold: float = SATURATION_THRESHOLD, sequences: int | None = None
     ) -> None:
-        self.enabled = enabled
+        super().__init__(enabled, sequences)
         self.threshold = threshold
-        self.sequences = sequences
-        self._parts: dict[str, list[ActivationStats]] = {}
         self.profiles: dict[str, torch.Tensor] = {}  # last probe: (T,) mean φ' per step
-        self.last_scalars: dict[str, float] = {}
 
-    def on_probe_layer(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, layer: LayerBackward
-    ) -> None:
-        if not self.enabled:
-            return
+    def measure(self, layer: LayerBackward) -> ActivationStats:
         stats = activation_stats(shared_trajectory(layer, self.sequences), self.threshold)
         stats.derivative_profile = stats.derivative_profile.cpu()
-        self._parts.setdefault(layer.name, []).append(stats)
+        return stats
 
-    def on_probe_end(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
-        release()
-        if not self._parts:
-            return
-        metrics: dict[str, float] = {}
-        for name, parts in self._parts.items():
-            stats = merge_activation_stats(parts)
-            prefix = f"activations/{name}"
-            metrics[f"{prefix}/derivative_mean"] = stats.derivative_mean
-            metrics[f"{prefix}/saturated_fraction"] = stats.saturated_fraction
-            if stats.dead_fraction is not None:
-                metrics[f"{prefix}/dead_fraction"] = stats.dead_fraction
-            self.profiles[name] = stats.derivative_profile
-        self._parts.clear()
-        self.last_scalars = metrics
-        log_scalars(trainer, metrics, step)
-        writer = tensorboard_experiment(trainer)
-        if writer is not None:
-            labels = {"derivative": "mean φ'(a_t)"}
-            for name, profile in self.profiles.items():
-                write_profiles(writer, "activations", name, step, {"derivative": profile.numpy()}, labels)
+    def summarise(
+        self, name: str, parts: list[ActivationStats]
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        stats = merge_activation_stats(parts)
+        prefix = f"activations/{name}"
+        metrics = {
+            f"{prefix}/derivative_mean": stats.derivative_mean,
+            f"{prefix}/saturated_fraction": stats.saturated_fraction,
+        }
+        if stats.dead_fraction is not None:
+            metrics[f"{prefix}/dead_fraction"] = stats.dead_fraction
+        self.profiles[name] = stats.derivative_profile
+        return metrics, {"derivative": stats.derivative_profile.numpy()}

@@ -9,53 +9,35 @@ reached the layer); ``C`` ``(T,)`` as the series ``credit`` of the full-resoluti
 
 from __future__ import annotations
 
-import lightning as L
+import numpy as np
 import torch
 
-from rnnflow.callbacks.logging import log_scalars, tensorboard_experiment
-from rnnflow.callbacks.probe_listener import ProbeListener
-from rnnflow.callbacks.trajectory import release, shared_trajectory, sub_batch
+from rnnflow.callbacks.probe_listener import LayerInstrument
+from rnnflow.callbacks.trajectory import shared_trajectory, sub_batch
 from rnnflow.probes.credit import credit_profile, early_share
 from rnnflow.probes.gradient_flow import LayerBackward
-from rnnflow.report.profiles import write_profiles
 
 
-class CreditMonitor(ProbeListener):
+class CreditMonitor(LayerInstrument[torch.Tensor]):
     """Args: ``enabled``; ``sequences``: the first that many samples' share of the gradient (None: all)."""
 
-    def __init__(self, enabled: bool = True, sequences: int | None = None) -> None:
-        self.enabled = enabled
-        self.sequences = sequences
-        self._parts: dict[str, list[torch.Tensor]] = {}
-        self.profiles: dict[str, torch.Tensor] = {}
-        self.last_scalars: dict[str, float] = {}
+    group = "credit"
+    labels = {"credit": "‖Σ_b δ_t h_{t−1}ᵀ‖_F"}
 
-    def on_probe_layer(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, layer: LayerBackward
-    ) -> None:
-        if not self.enabled:
-            return
+    def __init__(self, enabled: bool = True, sequences: int | None = None) -> None:
+        super().__init__(enabled, sequences)
+        self.profiles: dict[str, torch.Tensor] = {}
+
+    def measure(self, layer: LayerBackward) -> torch.Tensor:
         part = sub_batch(layer, self.sequences)
         trajectory = shared_trajectory(layer, self.sequences)
-        profile = credit_profile(trajectory, part.hidden_grad, part.cell_grad)
-        self._parts.setdefault(layer.name, []).append(profile.cpu())
+        return credit_profile(trajectory, part.hidden_grad, part.cell_grad).cpu()
 
-    def on_probe_end(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
-        release()
-        if not self._parts:
-            return
-        metrics: dict[str, float] = {}
-        for name, parts in self._parts.items():
-            profile = torch.cat(parts)
-            self.profiles[name] = profile
-            share = early_share(profile)
-            if share is not None:
-                metrics[f"grad_flow/{name}/early_share"] = share
-        self._parts.clear()
-        self.last_scalars = metrics
-        log_scalars(trainer, metrics, step)
-        writer = tensorboard_experiment(trainer)
-        if writer is not None:
-            labels = {"credit": "‖Σ_b δ_t h_{t−1}ᵀ‖_F"}
-            for name, profile in self.profiles.items():
-                write_profiles(writer, "credit", name, step, {"credit": profile.numpy()}, labels)
+    def summarise(
+        self, name: str, parts: list[torch.Tensor]
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        profile = torch.cat(parts)
+        self.profiles[name] = profile
+        share = early_share(profile)
+        metrics = {} if share is None else {f"grad_flow/{name}/early_share": share}
+        return metrics, {"credit": profile.numpy()}

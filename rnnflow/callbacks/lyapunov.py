@@ -14,11 +14,10 @@ from __future__ import annotations
 import logging
 import math
 
-import lightning as L
+import numpy as np
 import torch
 
-from rnnflow.callbacks.logging import log_scalars
-from rnnflow.callbacks.probe_listener import ProbeListener
+from rnnflow.callbacks.probe_listener import LayerInstrument
 from rnnflow.callbacks.trajectory import sub_batch
 from rnnflow.probes.gradient_flow import LayerBackward
 from rnnflow.probes.lyapunov import lyapunov_exponents
@@ -27,52 +26,41 @@ from rnnflow.probes.trajectory import recompute
 log = logging.getLogger(__name__)
 
 
-class LyapunovMonitor(ProbeListener):
+class LyapunovMonitor(LayerInstrument[tuple[int, torch.Tensor]]):
     """Args: ``enabled``; ``count`` k of exponents; ``sequences`` samples used; ``qr_every`` steps
     between re-orthonormalisations."""
 
     def __init__(self, enabled: bool = True, count: int = 1, sequences: int = 4, qr_every: int = 10) -> None:
-        self.enabled = enabled
+        super().__init__(enabled, sequences)
         self.count = count
-        self.sequences = sequences
         self.qr_every = qr_every
-        self._parts: dict[str, list[tuple[int, torch.Tensor]]] = {}
         self.exponents: dict[str, torch.Tensor] = {}  # last probe: (k,) per layer
-        self.last_scalars: dict[str, float] = {}
         self._warned: set[str] = set()
 
-    def on_probe_layer(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, layer: LayerBackward
-    ) -> None:
-        if not self.enabled:
-            return
+    def measure(self, layer: LayerBackward) -> tuple[int, torch.Tensor]:
         part = sub_batch(layer, self.sequences)
         trajectory = recompute(part.spec, part.inputs, part.outputs, part.initial, part.initial_cell)
         dim = layer.spec.hidden_size * (2 if layer.spec.cell == "lstm" else 1)
         exponents = lyapunov_exponents(trajectory, min(self.count, dim), self.qr_every)
-        self._parts.setdefault(layer.name, []).append((trajectory.steps, exponents.mean(dim=0).cpu()))
+        return trajectory.steps, exponents.mean(dim=0).cpu()
 
-    def on_probe_end(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
-        if not self._parts:
-            return
-        metrics: dict[str, float] = {}
-        for name, parts in self._parts.items():
-            total = sum(steps for steps, _ in parts)
-            exponents = sum(values * (steps / total) for steps, values in parts)
-            self.exponents[name] = exponents
-            metrics[f"dynamics/{name}/lyapunov_max"] = float(exponents[0])
-            for index in range(1, exponents.numel()):
-                metrics[f"dynamics/{name}/lyapunov_{index + 1}"] = float(exponents[index])
-            if math.isinf(float(exponents[0])) and name not in self._warned:
-                self._warned.add(name)
-                log.warning(
-                    "%s: every tangent direction was mapped exactly to 0 at some step (e.g. all ReLU "
-                    "units off): lyapunov_max = -inf, the exact value",
-                    name,
-                )
-        self._parts.clear()
-        self.last_scalars = metrics
-        log_scalars(trainer, metrics, step)
+    def summarise(
+        self, name: str, parts: list[tuple[int, torch.Tensor]]
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        total = sum(steps for steps, _ in parts)
+        exponents = sum(values * (steps / total) for steps, values in parts)
+        self.exponents[name] = exponents
+        metrics = {f"dynamics/{name}/lyapunov_max": float(exponents[0])}
+        for index in range(1, exponents.numel()):
+            metrics[f"dynamics/{name}/lyapunov_{index + 1}"] = float(exponents[index])
+        if math.isinf(float(exponents[0])) and name not in self._warned:
+            self._warned.add(name)
+            log.warning(
+                "%s: every tangent direction was mapped exactly to 0 at some step (e.g. all ReLU "
+                "units off): lyapunov_max = -inf, the exact value",
+                name,
+            )
+        return metrics, {}
 
     def profile_lines(self) -> dict[str, dict[str, float]]:
         """``e^{λ₁}`` per layer: the per-step factor the forward dynamics predict for ‖∂L/∂h_t‖."""

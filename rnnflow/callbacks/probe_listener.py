@@ -19,9 +19,17 @@ monitor or the module.
 
 from __future__ import annotations
 
-import lightning as L
+from typing import Generic, TypeVar
 
+import lightning as L
+import numpy as np
+
+from rnnflow.callbacks.logging import log_scalars, tensorboard_experiment
+from rnnflow.callbacks.trajectory import release
 from rnnflow.probes.gradient_flow import LayerBackward
+from rnnflow.report.profiles import write_profiles
+
+Part = TypeVar("Part")
 
 
 class ProbeListener(L.Callback):
@@ -38,3 +46,62 @@ class ProbeListener(L.Callback):
     def profile_lines(self) -> dict[str, dict[str, float]]:
         """Per-step factors to draw in the gradient profile picture: ``{label: {layer name: r}}``."""
         return {}
+
+
+class LayerInstrument(ProbeListener, Generic[Part]):
+    """A probe listener that measures every probed layer call and summarises each layer at the step's end.
+
+    Subclasses implement :meth:`measure` (one layer call → a reduced part, kept on the host; None to
+    skip the call) and :meth:`summarise` (a layer's parts, in call order, e.g. the chunks of a
+    truncated-BPTT step → its scalars and its per-step series). The scalars go through every logger;
+    the series, if ``group`` is set, to TensorBoard as the full-resolution profile record
+    ``<group>/<layer>/profile`` (:mod:`rnnflow.report.profiles`). ``last_scalars`` keeps the last
+    probe's scalars (the verdict and the end-of-run summary read them).
+
+    Args:
+        enabled: False turns the instrument off (nothing is computed).
+        sequences: use the first that many samples of the probe batch (None: all).
+    """
+
+    group: str | None = None
+    labels: dict[str, str] = {}
+
+    def __init__(self, enabled: bool = True, sequences: int | None = None) -> None:
+        self.enabled = enabled
+        self.sequences = sequences
+        self._parts: dict[str, list[Part]] = {}
+        self.last_scalars: dict[str, float] = {}
+
+    def measure(self, layer: LayerBackward) -> Part | None:
+        raise NotImplementedError
+
+    def summarise(self, name: str, parts: list[Part]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        raise NotImplementedError
+
+    def on_probe_layer(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, layer: LayerBackward
+    ) -> None:
+        if not self.enabled:
+            return
+        part = self.measure(layer)
+        if part is not None:
+            self._parts.setdefault(layer.name, []).append(part)
+
+    def on_probe_end(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        release()
+        if not self._parts:
+            return
+        metrics: dict[str, float] = {}
+        records: dict[str, dict[str, np.ndarray]] = {}
+        for name, parts in self._parts.items():
+            scalars, series = self.summarise(name, parts)
+            metrics.update(scalars)
+            if series:
+                records[name] = series
+        self._parts.clear()
+        self.last_scalars = metrics
+        log_scalars(trainer, metrics, step)
+        writer = tensorboard_experiment(trainer)
+        if writer is not None and self.group is not None:
+            for name, series in records.items():
+                write_profiles(writer, self.group, name, step, series, self.labels)
