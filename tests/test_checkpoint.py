@@ -294,7 +294,6 @@ def test_a_second_run_into_a_live_run_dir_is_refused(tmp_path, train_run):
 SIGKILL_RUN = [
     *TINY,
     "model.hidden_size=96",  # a checkpoint of ~0.5 MB: saves take a visible share of the time
-    "checkpoint.every_n_steps=3",
     "trainer.val_check_interval=10",
     "diagnostics.every_n_steps=7",
     "clip.max_norm=0.5",
@@ -303,22 +302,28 @@ SIGKILL_RUN = [
 
 def sigkill_and_resume(tmp_path: Path, kills: int, seed: int) -> dict[str, int]:
     """Kill a run ``kills`` times at random moments, check the checkpoint after each kill, resume."""
-    every = 3
+    every = 2
     rng = random.Random(seed)
-    run_dir, steps = tmp_path / "run", tmp_path / "steps"
+    run_dir = tmp_path / "run"
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     counts = {"kills": 0, "killed_writing": 0, "killed_before_commit": 0}
-    saved = -1
+    saved, reached = -1, 0
+    steps = tmp_path / "steps"  # every process appends the steps it completed
     for index in range(kills):
-        args = [*SIGKILL_RUN, "trainer.max_steps=100000", *step_file(steps)]
+        args = [*SIGKILL_RUN, f"checkpoint.every_n_steps={every}", "trainer.max_steps=100000"]
+        args += step_file(steps)
+        before = len(steps.read_text().split()) if steps.exists() else 0
         if index == 0:
             process = train_script(*args, f"hydra.run.dir={run_dir}")
-            wait_for_step(steps, every + 1, process)  # the first checkpoint is committed at step 4
         else:
             own_dir = f"hydra.run.dir={tmp_path / 'h' / str(index)}"  # the resume's own Hydra record
             process = train_script(*args, f"ckpt_path={checkpoint}", own_dir)
-            wait_for_step(steps, saved + 1, process)  # training has started in this process
-        time.sleep(rng.uniform(0.0, 0.4))
+        # this process has trained its first batch (the first run: past its first checkpoint)
+        deadline, wanted = time.monotonic() + 180, before + (every + 2 if index == 0 else 1)
+        while len(steps.read_text().split() if steps.exists() else []) < wanted:
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 1.0))
         process.send_signal(signal.SIGKILL)
         process.wait()
         counts["kills"] += 1

@@ -46,6 +46,10 @@ def event_file_scalars(path):
 
 @pytest.mark.parametrize("extra", [[], ["tbptt.chunk=5", "task=copy"]], ids=["full", "tbptt"])
 def test_resume_continues_the_uninterrupted_run(train_run, extra):
+    """Pins the Lightning behaviour rnnflow relies on instead of writing Lightning's private step
+    counter: a checkpoint saved at the end of a training batch (rnnflow saves only there) resumes
+    with the next TensorBoard step and the next batch of the data stream, with a validation due
+    after that batch or not (run it under each Lightning version the project admits)."""
     _, full = train_run(*FEW, *extra, "trainer.max_steps=8", name="full")
     _, first = train_run(*FEW, *extra, "trainer.max_steps=4", name="first")
     ckpt = first / "checkpoints" / "last.ckpt"

@@ -54,6 +54,13 @@ class BatchIndices(IterableDataset):
     def __init__(self, stream: int, start: int = 0, stop: int | None = None) -> None:
         self.stream, self.start, self.stop = stream, start, stop
 
+    def __len__(self) -> int:
+        # A finite stream (validation) has a length, so Lightning knows its number of batches (its
+        # restore fast-forwards a validation by that count; Lightning 2.5.0 fails on an unknown one).
+        if self.stop is None:
+            raise TypeError("an endless stream has no length")
+        return max(0, self.stop - self.start)
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         index = self.start
         while self.stop is None or index < self.stop:

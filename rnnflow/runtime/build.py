@@ -100,6 +100,7 @@ def build_trainer(
             logger=loggers or False,
             # under SLURM: no mid-batch auto-requeue (rnnflow requeues)
             plugins=[*(plugins or []), *slurm_plugins()] or None,
+            _convert_="partial",  # plain lists: Lightning 2.4 takes a ListConfig of plugins for one plugin
         )
     except InstantiationException as error:
         # A Trainer argument added with +trainer.<key> that Lightning refuses (rnnflow's schema declares

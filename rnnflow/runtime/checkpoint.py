@@ -21,7 +21,9 @@ Two components, each with one concern:
 which Lightning's loops restore exactly, whatever follows: a resume increments the batch
 counters once, so the first resumed batch is logged at the next TensorBoard step and draws the
 next batch of the data stream; a validation that followed the save is not repeated. A save
-after a validation, or at the start of a batch, would restore one step off in some schedules.
+after a validation, or at the start of a batch, would restore one step off in some schedules
+(Lightning's public API cannot set its step counter; ``tests/test_determinism_resume.py`` pins
+this behaviour).
 
 **Two-phase, and what "good" means.** The state of batch ``k`` is written in full to a pending
 file (atomically) and renamed over ``last.ckpt`` (the commit) only once it is known to be good:
