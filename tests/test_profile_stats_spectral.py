@@ -39,13 +39,32 @@ def test_decay_fit_ignores_zeros_and_needs_two_points():
     assert math.isnan(float(decay_fit(torch.tensor([0.0, 1.0]))[0]))
 
 
-@pytest.mark.parametrize("length", [1, 5, 8, 9, 100, 1000, 12345])
-def test_log_spaced_steps(length):
-    steps = log_spaced_steps(length)
-    assert steps[0] == 0 and steps[-1] == length - 1
-    assert steps == sorted(set(steps))
-    assert len(steps) <= 9
-    assert len(steps) == min(length, len(steps)) and (length < 8 or len(steps) >= 7)
+# Worked by hand: distances d_k = round(T^(k/7) - 1), k = 0 … 7, and T - 1; steps T - 1 - d_k.
+# T = 100: T^(1/7) = 1.931 → d = 0, 1 (0.93), 3 (2.73), 6 (6.20), 13 (12.9), 26 (25.8), 51 (50.8), 99.
+# T = 1000: T^(1/7) = 2.683 → d = 0, 2 (1.68), 6 (6.20), 18 (18.3), 51 (50.8), 138 (137.9), 372 (371.8), 999.
+# T = 9: T^(1/7) = 1.369 → d = 0, 0 (0.37), 1 (0.87), 2 (1.56), 3 (2.51), 4 (3.80), 6 (5.58), 8.
+LOG_SPACED = {
+    1: [0],
+    5: [0, 1, 2, 3, 4],
+    8: [0, 1, 2, 3, 4, 5, 6, 7],
+    9: [0, 2, 4, 5, 6, 7, 8],
+    100: [0, 48, 73, 86, 93, 96, 98, 99],
+    1000: [0, 627, 861, 948, 981, 993, 997, 999],
+}
+
+
+@pytest.mark.parametrize("length,expected", sorted(LOG_SPACED.items()))
+def test_log_spaced_steps(length, expected):
+    assert log_spaced_steps(length) == expected
+
+
+def test_log_spaced_steps_long_sequence():
+    steps = log_spaced_steps(12345)
+    distances = [12344 - t for t in reversed(steps)]
+    assert distances[0] == 0 and distances[-1] == 12344 and len(steps) == 8
+    # (d_k + 1) grows by T^(1/7) = 3.84 per k, to rounding
+    ratios = [(b + 1) / (a + 1) for a, b in zip(distances[1:-1], distances[2:], strict=False)]
+    assert ratios == pytest.approx([12345 ** (1 / 7)] * len(ratios), rel=0.15)
 
 
 def test_gate_spectra_closed_form_and_numpy():

@@ -26,6 +26,8 @@ BASE_COLUMNS = ["run", "steps", "val_loss", "baseline_loss", "loss_ratio", "solv
 LAYER0_COLUMNS = [
     "layer0_log10_ratio_init",
     "layer0_log10_ratio_end",
+    "layer0_zero_steps_init",
+    "layer0_zero_steps_end",
     "layer0_radius_init",
     "layer0_radius_end",
 ]
@@ -101,6 +103,8 @@ def test_csv_has_one_row_per_run_matching_the_event_files(sweep: Path, report: P
         ratio = scalars["grad_flow/layer0/log10_ratio"]["value"]
         assert row.layer0_log10_ratio_init == pytest.approx(ratio.iloc[0])
         assert row.layer0_log10_ratio_end == pytest.approx(ratio.iloc[-1])
+        zeros = scalars["grad_flow/layer0/zero_steps"]["value"]
+        assert (row.layer0_zero_steps_init, row.layer0_zero_steps_end) == (zeros.iloc[0], zeros.iloc[-1])
         radius_tags = [tag for tag in scalars if re.fullmatch(r"spectral/layer0/(\w/)?radius", tag)]
         assert len(radius_tags) == (1 if row.model == "rnn" else 3)
         for which, position in (("init", 0), ("end", -1)):

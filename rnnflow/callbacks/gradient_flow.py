@@ -7,15 +7,17 @@ On probe steps (step 0, every ``every_n_steps``, and the last batch; see
 profiles ``n_t = ‖∂L/∂h_t‖_F`` into, per layer L (``layer0``, …; ``<module>/layer0`` in a model with
 several recurrent modules; ``layer0_reverse`` for a backward direction):
 
-* ``grad_flow/L/log10_ratio``, ``grad_flow/L/decay_rate``, ``grad_flow/L/horizon``
-  (see :mod:`rnnflow.probes.profile_stats`),
+* ``grad_flow/L/log10_ratio``, ``grad_flow/L/decay_rate``, ``grad_flow/L/horizon``,
+  ``grad_flow/L/zero_steps`` (steps whose gradient is exactly 0; see
+  :mod:`rnnflow.probes.profile_stats`),
 * ``grad_flow/L/norm_tNNNN`` at ~8 log-spaced steps (one multiline custom-scalars chart per layer),
-* LSTM: ``grad_flow/L/cell_log10_ratio``, ``grad_flow/L/cell_decay_rate``,
+* LSTM: ``grad_flow/L/cell_log10_ratio``, ``grad_flow/L/cell_decay_rate``, ``grad_flow/L/cell_zero_steps``,
 * the full profiles ``grad_flow/L/profile`` (hidden, and cell for an LSTM), one tensor summary
   per probe and layer (:mod:`rnnflow.report.profiles`),
 * every ``figure_every_n_steps`` (and at the first and last probe): the image ``grad_flow/profile``
-  (all layers, with the ρ and α lines and the listeners' ``profile_lines``, e.g. the Lyapunov
-  exponent's ``e^{λ₁}``) and ``grad_flow/L/heatmap``.
+  (all layers, with the α line, for a vanilla RNN the γ‖W_hh‖₂ bound and the γρ(W_hh)
+  linear-regime line, and the listeners' ``profile_lines``, e.g. the Lyapunov exponent's
+  ``e^{λ₁}``) and ``grad_flow/L/heatmap``.
 
 Scalars go through every logger of the trainer; images and layouts to TensorBoard only. Callbacks
 that subclass :class:`rnnflow.callbacks.probe_listener.ProbeListener` receive each probed layer's
@@ -37,16 +39,17 @@ from rnnflow.callbacks.logging import batch_step, log_scalars, tensorboard_exper
 from rnnflow.callbacks.probe_listener import ProbeListener
 from rnnflow.callbacks.schedule import StepSchedule, is_last_batch
 from rnnflow.probes.gradient_flow import PROBE_ROUTES, GradientFlowProbe, LayerBackward, LayerGradientFlow
-from rnnflow.probes.profile_stats import decay_fit, decay_rate, horizon, log10_ratio, log_spaced_steps
-from rnnflow.probes.recurrent_modules import (
-    LayerKey,
-    cell_of,
-    find_recurrent_modules,
-    named_layers,
-    recurrent_weight,
+from rnnflow.probes.profile_stats import (
+    decay_fit,
+    decay_rate,
+    horizon,
+    log10_ratio,
+    log_spaced_steps,
+    recurrent_step_factors,
+    zero_steps,
 )
-from rnnflow.probes.spectral import gate_spectra
-from rnnflow.report.figures import bin_profile, heatmap_figure, profile_figure
+from rnnflow.probes.recurrent_modules import LayerKey, find_recurrent_modules, layer_spec, named_layers
+from rnnflow.report.figures import bin_profile, heatmap_figure, profile_figure, theory_lines
 from rnnflow.report.profiles import write_profiles
 
 HEATMAP_BINS = 200
@@ -191,6 +194,7 @@ class GradientFlowMonitor(L.Callback):
             f"{prefix}/log10_ratio": float(log10_ratio(hidden)),
             f"{prefix}/decay_rate": float(decay_rate(hidden)),
             f"{prefix}/horizon": float(horizon(hidden, self.horizon_factor)),
+            f"{prefix}/zero_steps": float(zero_steps(hidden)),
         }
         width = max(4, len(str(len(profile) - 1)))
         for t in log_spaced_steps(len(profile)):
@@ -199,6 +203,7 @@ class GradientFlowMonitor(L.Callback):
             cell = flow.cell.double().cpu()
             metrics[f"{prefix}/cell_log10_ratio"] = float(log10_ratio(cell))
             metrics[f"{prefix}/cell_decay_rate"] = float(decay_rate(cell))
+            metrics[f"{prefix}/cell_zero_steps"] = float(zero_steps(cell))
         return metrics
 
     def _is_figure_step(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> bool:
@@ -218,19 +223,15 @@ class GradientFlowMonitor(L.Callback):
     ) -> None:
         names = list(profiles)
         fits = [tuple(float(v) for v in decay_fit(torch.from_numpy(profiles[n]))) for n in names]
-        lines: dict[str, list[tuple[float, float] | None]] = {"α (fit)": fits}
-        for label, factors in (predicted or {}).items():  # listeners' lines (e.g. e^λ₁), from the last step
-            lines[label] = [(factors[n], float(profiles[n][-1])) if n in factors else None for n in names]
-        radii: list[tuple[float, float] | None] = []
+        factors = []
         for name in names:
             module, key = self._layers.get(name, (None, None))
-            if module is None or cell_of(module) != "rnn":
-                radii.append(None)
-                continue
-            radius = gate_spectra(recurrent_weight(module, key), ("h",))["h"][0]
-            radii.append((radius, float(profiles[name][-1])))
-        if any(r is not None for r in radii):  # the linear prediction ρ^(T-1-t) from the last step
-            lines = {"ρ(W_hh)": radii, **lines}
+            factors.append(
+                None if module is None else recurrent_step_factors(layer_spec(module, key.layer, key.reverse))
+            )
+        lines = theory_lines([profiles[n] for n in names], fits, factors)
+        for label, rates in (predicted or {}).items():  # listeners' lines (e.g. e^λ₁), from the last step
+            lines[label] = [(rates[n], float(profiles[n][-1])) if n in rates else None for n in names]
         figure = profile_figure(
             [profiles[n] for n in names], f"gradient profile at training step {step}", lines, names
         )

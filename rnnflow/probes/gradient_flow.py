@@ -386,9 +386,54 @@ def total_hidden_gradients(
     return du, dc
 
 
+_NORM_BLOCK_ELEMENTS = 1 << 17
+"""Size of a block of steps converted to float64 by :func:`frobenius_per_step` on the CPU (1 MiB):
+the block stays in cache between its conversion and its reduction."""
+
+
 def frobenius_per_step(gradients: torch.Tensor) -> torch.Tensor:
-    """``(T, B, H)`` → ``(T,)``: ``‖·‖_F`` over batch and units at each step (no squared copy)."""
-    return torch.linalg.vector_norm(gradients, dim=(1, 2))
+    """``(T, B, H)`` → ``(T,)`` float64: ``n_t = (Σ_b Σ_j g_{t,b,j}²)^½`` at each step, without underflow.
+
+    Squaring in the gradients' own dtype loses what rnnflow exists to show: a float32 (or bf16)
+    entry below ~1.1e-19 squares below float32's smallest normal number (1.2e-38), one below
+    ~1e-23 to exactly 0, and one above ~1.8e19 to inf; a step with ``n_t`` ≈ 1e-20 read as 0.
+    Every float32, bf16 and fp16 value (magnitudes 1.4e-45 … 3.4e38) squares into float64's normal
+    range (2e-90 … 1.2e77), so the squares are summed in float64: ``n_t`` is the norm of the
+    stored entries to float64 rounding, zero exactly when every entry of the step is zero.
+    Float64 gradients (whose squares underflow below 1e-154) and devices without float64 are
+    scaled by each step's largest magnitude first, :func:`_scaled_frobenius_per_step`.
+    """
+    if gradients.dtype == torch.float64 or gradients.device.type == "mps":
+        return _scaled_frobenius_per_step(gradients).double()
+    if gradients.device.type != "cpu":
+        # One reduction kernel converting on the fly, memory-bound on a GPU.
+        return torch.linalg.vector_norm(gradients, dim=(1, 2), dtype=torch.float64)
+    # On the CPU vector_norm(dtype=float64) converts element by element, several times slower than
+    # converting blocks of steps with a vectorised copy into a reused buffer and reducing those.
+    steps = gradients.size(0)
+    per_step = gradients.numel() // steps if steps else 1
+    rows = max(1, min(steps, _NORM_BLOCK_ELEMENTS // max(1, per_step)))
+    block = torch.empty(rows, *gradients.shape[1:], dtype=torch.float64)
+    norms = torch.empty(steps, dtype=torch.float64)
+    for start in range(0, steps, rows):
+        stop = min(start + rows, steps)
+        converted = block[: stop - start].copy_(gradients[start:stop])
+        torch.linalg.vector_norm(converted, dim=(1, 2), out=norms[start:stop])
+    return norms
+
+
+def _scaled_frobenius_per_step(gradients: torch.Tensor) -> torch.Tensor:
+    """``n_t = m_t ‖g_t / m_t‖_F`` with ``m_t = max |g_t|``, in the gradients' dtype (no under/overflow).
+
+    Every ``|g_t / m_t| ≤ 1`` and the largest is 1, so the sum of squares lies in ``[1, B·H]``:
+    an entry whose square underflows here (ratio to the largest below ~1e-154 in float64, ~1e-19
+    in float32) changes ``n_t`` by far less than the dtype's rounding. A step of zeros gives 0, one
+    holding inf or nan gives inf or nan.
+    """
+    largest = torch.linalg.vector_norm(gradients, ord=float("inf"), dim=(1, 2))
+    scale = torch.where((largest > 0) & torch.isfinite(largest), largest, torch.ones_like(largest))
+    scaled = torch.linalg.vector_norm(gradients / scale[:, None, None], dim=(1, 2)) * scale
+    return torch.where(torch.isfinite(largest), scaled, largest)
 
 
 @dataclass

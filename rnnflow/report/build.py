@@ -22,7 +22,9 @@ from rnnflow.report.table import markdown_table, run_labels, summarise, write_cs
 COLUMN_NOTES = """\
 *loss / baseline*: final `val/loss` over the task's trivial-baseline loss (< 1 beats the baseline).
 *solved*: last `val/solved` (? when the run did not log it).
-*log10 ratio*: log10 ‖∂L/∂h_0‖ / ‖∂L/∂h_(T-1)‖ at the first and the last gradient-flow probe.
+*log10 ratio*: log10 ‖∂L/∂h_0‖ / ‖∂L/∂h_(T-1)‖ at the first and the last gradient-flow probe;
+*(k steps 0)*: k steps whose gradient is exactly 0 (`grad_flow/L/zero_steps`), the ratio is then
+taken between the first and the last step with a non-zero gradient.
 *ρ*: spectral radius of the recurrent matrix at the first and last probe; for LSTM/GRU the maximum
 over the gates' recurrent blocks, with the gate that attains it in brackets.
 *clip fraction*: last `clip/fraction`; *non-finite*: last `nonfinite/events`;

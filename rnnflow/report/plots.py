@@ -2,7 +2,9 @@
 
 * :func:`plot_profiles`: log10 ‖∂L/∂h_t‖ against t for every run, at the first probe
   (initialisation, left) and the last probe (end of training, right), at every t from the
-  full-resolution profile records (:mod:`rnnflow.report.profiles`; zeros are left out).
+  full-resolution profile records (:mod:`rnnflow.report.profiles`; a step whose norm is exactly 0
+  has no log and is drawn in a strip below the curves, one row per run, in the zero colour of
+  :mod:`rnnflow.report.figures`, with a legend entry).
 * :func:`plot_losses`: ``train/loss`` (left) and ``val/loss`` (right) against the training step,
   with the ``val/baseline_loss`` as a dashed line (black when shared by all runs).
 * :func:`save_heatmaps`: per run and layer, the last ``grad_flow/layerL/heatmap`` image the
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rnnflow.report.figures import heatmap_figure  # noqa: E402
+from rnnflow.report.figures import ZERO_COLOUR, ZERO_LABEL, heatmap_figure, zero_strip  # noqa: E402
 from rnnflow.report.profiles import profile_at, profile_layers, profile_matrix  # noqa: E402
 from rnnflow.report.runs import Run  # noqa: E402
 
@@ -39,8 +42,17 @@ def run_colours(count: int) -> list[tuple[float, ...]]:
 
 
 def _legend(axes: plt.Axes, count: int) -> None:
-    if axes.get_legend_handles_labels()[0]:
-        axes.legend(fontsize=7 if count <= 6 else 6, loc="best", ncol=1 if count <= 8 else 2)
+    handles, labels = axes.get_legend_handles_labels()
+    if not labels:
+        return
+    size, columns = (7 if count <= 6 else 6), (1 if count <= 8 else 2)
+    if max(len(label) for label in labels) > 45:  # long override lists: wrapped, below the panel
+        labels = [textwrap.fill(label, 60, subsequent_indent="  ") for label in labels]
+        axes.legend(
+            handles, labels, fontsize=size, ncol=columns, loc="upper left", bbox_to_anchor=(0.0, -0.2)
+        )
+    else:
+        axes.legend(handles, labels, fontsize=size, ncol=columns, loc="best")
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
@@ -54,8 +66,10 @@ def plot_profiles(runs: Sequence[Run], labels: Sequence[str], layer: int, path: 
     """Gradient profiles of all runs overlaid, at init and at the end; None if no run has this layer."""
     colours = run_colours(len(runs))
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    panel_zeros: list[list[tuple[np.ndarray, tuple[float, ...]]]] = []
     drawn = False
     for panel, which in zip(axes, ("init", "end"), strict=True):
+        zeros = []
         for run, label, colour in zip(runs, labels, colours, strict=True):
             profile = profile_at(run, layer, which)
             if profile is None:
@@ -65,13 +79,26 @@ def plot_profiles(runs: Sequence[Run], labels: Sequence[str], layer: int, path: 
                 logs = np.log10(norms)
             keep = np.isfinite(logs)
             panel.plot(t[keep], logs[keep], "-", color=colour, lw=1.5, label=f"{label} (step {step})")
+            if (norms == 0).any():
+                zeros.append((t[norms == 0], colour))
             drawn = True
+        # sharey: the strip is added once, on the last panel, after both panels have their data.
+        panel_zeros.append(zeros)
         panel.set_title(
             f"layer {layer}: {'first probe (init)' if which == 'init' else 'last probe (end)'}", fontsize=10
         )
         panel.set_xlabel("time step t")
         panel.grid(alpha=0.3)
         _legend(panel, len(runs))
+    rows = max(len(zeros) for zeros in panel_zeros)
+    if rows:
+        heights = zero_strip(axes[-1], rows)
+        for panel, zeros in zip(axes, panel_zeros, strict=True):
+            for (t, colour), y in zip(zeros, heights, strict=False):
+                panel.plot(t, np.full(t.size, y), "v", mfc=ZERO_COLOUR, mec=colour, ms=6, mew=1.2, ls="none")
+            if zeros:
+                panel.plot([], [], "v", color=ZERO_COLOUR, ls="none", label=f"{ZERO_LABEL} (edge: run)")
+                _legend(panel, len(runs))
     axes[0].set_ylabel(r"$\log_{10}\,\|\partial L/\partial h_t\|$")
     if not drawn:
         plt.close(figure)

@@ -12,7 +12,10 @@ Columns (CSV names; the Markdown table merges init/end pairs into ``init → end
 * ``val_accuracy``: last ``val/accuracy``, only when some run logs it;
 * ``solved``: last ``val/solved`` > 0.5 (``True``/``False``), empty (NaN) when not logged;
 * per layer L: ``layerL_log10_ratio_init``/``_end`` (``grad_flow/layerL/log10_ratio``
-  = log10 ‖∂L/∂h_0‖ / ‖∂L/∂h_{T-1}‖ at the first and the last probe) and
+  = log10 ‖∂L/∂h_0‖ / ‖∂L/∂h_{T-1}‖ at the first and the last probe, taken over the steps with a
+  non-zero gradient when some are exactly zero), ``layerL_zero_steps_init``/``_end``
+  (``grad_flow/layerL/zero_steps``: steps whose gradient is exactly 0; columns present only when
+  some run logs them), and
   ``layerL_radius_init``/``_end``: spectral radius ρ of the recurrent matrix at the first
   and the last probe. For gated cells (LSTM gates i f g o, GRU gates r z n) it is the
   **maximum over gates**, one number comparable across cell types; the gate attaining it is
@@ -35,6 +38,7 @@ from pathlib import Path
 from rnnflow.report.runs import Run
 
 RATIO_TAG = re.compile(r"^grad_flow/layer(\d+)/log10_ratio$")
+ZERO_STEPS_TAG = re.compile(r"^grad_flow/layer\d+/zero_steps$")
 RADIUS_TAG = re.compile(r"^spectral/layer(\d+)/(?:([^/]+)/)?radius$")
 NAN = float("nan")
 
@@ -111,11 +115,13 @@ def summarise(runs: Sequence[Run]) -> Table:
     layers = _layers(runs)
     has_accuracy = any("val/accuracy" in run.scalars for run in runs)
     gated = any((match := RADIUS_TAG.match(tag)) and match.group(2) for run in runs for tag in run.scalars)
+    has_zero_steps = any(ZERO_STEPS_TAG.match(tag) for run in runs for tag in run.scalars)
     columns = ["run", *keys, "steps", "val_loss", "baseline_loss", "loss_ratio"]
     columns += ["val_accuracy"] if has_accuracy else []
     columns += ["solved"]
     for layer in layers:
         columns += [f"layer{layer}_log10_ratio_init", f"layer{layer}_log10_ratio_end"]
+        columns += [f"layer{layer}_zero_steps_init", f"layer{layer}_zero_steps_end"] if has_zero_steps else []
         columns += [f"layer{layer}_radius_init", f"layer{layer}_radius_end"]
         columns += [f"layer{layer}_radius_gate_init", f"layer{layer}_radius_gate_end"] if gated else []
     columns += ["clip_fraction", "nonfinite_events", "wall_time_s", "path"]
@@ -135,6 +141,10 @@ def summarise(runs: Sequence[Run]) -> Table:
             ratio = run.scalar(f"grad_flow/layer{layer}/log10_ratio")
             row[f"layer{layer}_log10_ratio_init"] = ratio.first if ratio is not None else NAN
             row[f"layer{layer}_log10_ratio_end"] = ratio.last if ratio is not None else NAN
+            if has_zero_steps:
+                zeros = run.scalar(f"grad_flow/layer{layer}/zero_steps")
+                row[f"layer{layer}_zero_steps_init"] = zeros.first if zeros is not None else NAN
+                row[f"layer{layer}_zero_steps_end"] = zeros.last if zeros is not None else NAN
             for which in ("init", "end"):
                 radius, gate = spectral_radius(run, layer, which)
                 row[f"layer{layer}_radius_{which}"] = radius
@@ -168,17 +178,23 @@ def _fmt(value: object, spec: str = ".4g") -> str:
         return "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, float) and math.isinf(value):
+        return "+∞" if value > 0 else "−∞"
     if isinstance(value, float):
         return format(value, spec)
     return str(value).replace("|", "\\|")
 
 
-def _pair(row: dict[str, object], stem: str, spec: str, gate: bool) -> str:
+def _pair(row: dict[str, object], stem: str, spec: str, gate: bool, zeros: str | None = None) -> str:
+    """``init → end``; ``zeros``: the stem of zero-step counts, shown as ``(k steps 0)`` where k > 0."""
     cells = []
     for which in ("init", "end"):
         text = _fmt(row.get(f"{stem}_{which}"), spec)
         if gate and row.get(f"{stem}_gate_{which}"):
             text += f" ({row[f'{stem}_gate_{which}']})"
+        count = row.get(f"{zeros}_{which}") if zeros else None
+        if isinstance(count, (int, float)) and count > 0:
+            text += f" ({count:.0f} steps 0)"
         cells.append(text)
     return " → ".join(cells)
 
@@ -200,7 +216,9 @@ def markdown_table(table: Table) -> str:
         cells += [_fmt(row["val_accuracy"], ".3f")] if has_accuracy else []
         cells += ["?" if isinstance(solved, float) else _fmt(solved)]
         for layer in table.layers:
-            cells.append(_pair(row, f"layer{layer}_log10_ratio", ".2f", gate=False))
+            cells.append(
+                _pair(row, f"layer{layer}_log10_ratio", ".2f", gate=False, zeros=f"layer{layer}_zero_steps")
+            )
             cells.append(_pair(row, f"layer{layer}_radius", ".3f", gate=True))
         cells += [_fmt(row["clip_fraction"], ".3f"), _fmt(row["nonfinite_events"], ".0f")]
         cells += [_fmt(row["wall_time_s"], ".1f")]
