@@ -118,7 +118,7 @@ def profile_figure(
                 continue
             rate, end = line
             predicted = _log10(end) + (len(profile) - 1 - steps) * np.log10(rate)
-            axes.plot(steps, predicted, style, color=colour, lw=1.3, label=f"{label}: {name} = {rate:.3g}")
+            axes.plot(steps, predicted, ls=style, color=colour, lw=1.3, label=f"{label}: {name} = {rate:.3g}")
         if (profile == 0).any():
             zeros.append((steps[profile == 0], colour, label))
     for (steps, colour, label), y in zip(zeros, zero_strip(axes, len(zeros)) if zeros else [], strict=True):
