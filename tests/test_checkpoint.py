@@ -301,7 +301,8 @@ SIGKILL_RUN = [
 
 
 def sigkill_and_resume(tmp_path: Path, kills: int, seed: int) -> dict[str, int]:
-    """Kill a run ``kills`` times at random moments, check the checkpoint after each kill, resume."""
+    """Kill a run ``kills`` times, at random moments and during saves (every other kill, as soon as a
+    temporary file appears), check the checkpoint after each kill, resume to the end."""
     every = 2
     rng = random.Random(seed)
     run_dir = tmp_path / "run"
@@ -323,7 +324,14 @@ def sigkill_and_resume(tmp_path: Path, kills: int, seed: int) -> dict[str, int]:
         while len(steps.read_text().split() if steps.exists() else []) < wanted:
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 1.0))
+        if index % 2:  # at a random moment
+            time.sleep(rng.uniform(0.0, 1.0))
+        else:  # during a save: as soon as a temporary file is being written
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(
+                name.endswith(".tmp") for name in os.listdir(checkpoint.parent)
+            ):
+                time.sleep(0.0005)
         process.send_signal(signal.SIGKILL)
         process.wait()
         counts["kills"] += 1
