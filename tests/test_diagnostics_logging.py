@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY, compose_config, read_scalars
@@ -32,9 +33,9 @@ def test_tags_of_the_contract(tmp_path, model, gates):
     tags = scalars(out)
     probe_steps = [0, 3, 6]  # every 3 steps and the last step
     for layer in ("layer0", "layer1"):
-        for name in ("log10_ratio", "decay_rate", "horizon", "norm_t0000", "norm_t0011"):
+        for name in ("log10_ratio", "decay_rate", "horizon", "profile_log10/t0000", "profile_log10/t0011"):
             assert [s for s, _ in tags[f"grad_flow/{layer}/{name}"]] == probe_steps
-        norm_tags = [t for t in tags if t.startswith(f"grad_flow/{layer}/norm_t")]
+        norm_tags = [t for t in tags if t.startswith(f"grad_flow/{layer}/profile_log10/t")]
         assert 7 <= len(norm_tags) <= 9
         assert ("grad_flow/" + layer + "/cell_log10_ratio" in tags) == (model == "lstm")
         for gate in gates or [None]:
@@ -46,7 +47,7 @@ def test_tags_of_the_contract(tmp_path, model, gates):
 
 
 def test_logged_profile_is_the_probe_of_that_step(tmp_path):
-    """The norm_t tags of step 0 equal a probe of the initial model on batch 0 (independent run)."""
+    """The profile_log10 tags of step 0 equal a probe of the initial model on batch 0 (independent run)."""
     import lightning as L
 
     from rnnflow.probes.gradient_flow import GradientFlowProbe
@@ -65,7 +66,8 @@ def test_logged_profile_is_the_probe_of_that_step(tmp_path):
     profile = probe.gradient_flow()["layers/layer0"].hidden
     tags = scalars(out)
     for t in (0, 4, 8, 11):
-        assert tags[f"grad_flow/layer0/norm_t{t:04d}"][0][1] == pytest.approx(float(profile[t]), rel=1e-5)
+        logged = tags[f"grad_flow/layer0/profile_log10/t{t:04d}"][0][1]
+        assert logged == pytest.approx(math.log10(float(profile[t])), abs=1e-5)
 
 
 def test_clipping_events_are_counted(tmp_path):
@@ -170,8 +172,8 @@ def test_truncated_bptt_shows_the_truncation(tmp_path, model):
     )
     tags = scalars(out)
     assert tags["grad_flow/layer0/horizon"][0][1] == 1
-    assert tags["grad_flow/layer0/norm_t0000"][0][1] == 0.0
-    assert tags["grad_flow/layer0/norm_t0011"][0][1] > 0.0
+    assert "grad_flow/layer0/profile_log10/t0000" not in tags  # exactly 0: no log10 point (see the record)
+    assert np.isfinite(tags["grad_flow/layer0/profile_log10/t0011"][0][1])
     assert [s for s, _ in tags["train/loss"]] == [0, 1, 2]
 
 

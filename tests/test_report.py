@@ -239,3 +239,26 @@ def test_malformed_run_is_skipped_with_one_warning_line(tmp_path: Path, break_it
     assert why in warnings[0]
     table = pd.read_csv(tmp_path / "report" / "runs.csv")
     assert list(table["path"]) == ["good"]
+
+
+def test_a_sweep_of_41_runs_reads_as_grouped_tables_with_verdicts(tmp_path: Path) -> None:
+    """41 runs: one table per value of the first swept key, rows ordered by the others, verdicts."""
+    cells, lengths = ("rnn", "lstm", "gru"), ("25", "50", "100", "200", "400", "800", "1600")
+    jobs = [(cell, length, seed) for cell in cells for length in lengths for seed in (0, 1)][:41]
+    for num, (cell, length, seed) in enumerate(jobs):
+        run_dir = tmp_path / f"{num}_model={cell},task.seq_len={length},seed={seed}"
+        (run_dir / ".hydra").mkdir(parents=True)
+        (run_dir / ".hydra" / "config.yaml").write_text("seed: 0\n")
+        overrides = [f"model={cell}", f"task.seq_len={length}", f"seed={seed}"]
+        (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        with SummaryWriter(str(run_dir / "tb")) as writer:
+            writer.add_scalar("train/loss", 0.1, 0)
+            ratio = {"rnn": -int(length) / 10, "lstm": -1.0, "gru": 4.0}[cell]
+            writer.add_scalar("grad_flow/layer0/log10_ratio", ratio, 0)
+    report = build_report(tmp_path).read_text()
+    assert "#### model=gru (13 runs)" in report and "#### model=rnn (14 runs)" in report
+    gru = report[report.index("#### model=gru") : report.index("#### model=lstm")]
+    order = re.findall(r"^\| [^|]+ \| (\d+) \| (\d) \|", gru, flags=re.M)
+    assert order[:3] == [("25", "0"), ("25", "1"), ("50", "0")]  # the other keys, numerically
+    assert "-80.00 → -80.00 (vanishing)" in report and "(exploding)" in gru
+    assert "-1.00 → -1.00 |" in report  # no verdict within ±3 decades

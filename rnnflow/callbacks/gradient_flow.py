@@ -10,7 +10,11 @@ several recurrent modules; ``layer0_reverse`` for a backward direction):
 * ``grad_flow/L/log10_ratio``, ``grad_flow/L/decay_rate``, ``grad_flow/L/horizon``,
   ``grad_flow/L/zero_steps`` (steps whose gradient is exactly 0; see
   :mod:`rnnflow.probes.profile_stats`),
-* ``grad_flow/L/norm_tNNNN`` at ~8 log-spaced steps (one multiline custom-scalars chart per layer),
+* ``grad_flow/L/profile_log10/tNNNN``: ``log10 n_t`` at ~8 log-spaced steps t (log10 because the
+  norms span tens of decades; no point where ``n_t`` is exactly 0, which the full profile records
+  keep; the sub-prefix sorts these cards after the headline ``log10_ratio``). Custom scalars: a
+  "headline" category first (the losses against the baseline, ``log10_ratio`` of every layer), then
+  one multiline chart of these points per layer,
 * LSTM: ``grad_flow/L/cell_log10_ratio``, ``grad_flow/L/cell_decay_rate``, ``grad_flow/L/cell_zero_steps``,
 * the full profiles ``grad_flow/L/profile`` (hidden, and cell for an LSTM), one tensor summary
   per probe and layer (:mod:`rnnflow.report.profiles`),
@@ -26,6 +30,7 @@ data on the same steps.
 
 from __future__ import annotations
 
+import re
 from contextlib import ExitStack
 from typing import Any
 
@@ -109,10 +114,23 @@ class GradientFlowMonitor(L.Callback):
         writer = tensorboard_experiment(trainer)
         if writer is not None and self.every_n_steps is not None:
             layout = {
+                "headline": {
+                    "loss (train, val) and the trivial baseline": [
+                        "Multiline",
+                        [r"^train/loss$", r"^val/loss$", r"^val/baseline_loss$"],
+                    ],
+                    "log10 ‖∂L/∂h_0‖ / ‖∂L/∂h_(T-1)‖ per layer": [
+                        "Multiline",
+                        [r"^grad_flow/.*/log10_ratio$"],
+                    ],
+                },
                 "grad_flow": {
-                    f"{name} ‖∂L/∂h_t‖ at log-spaced t": ["Multiline", [rf"grad_flow/{name}/norm_t\d+"]]
+                    f"{name}: log10 ‖∂L/∂h_t‖ at log-spaced t": [
+                        "Multiline",
+                        [rf"^grad_flow/{re.escape(name)}/profile_log10/t\d+$"],
+                    ]
                     for name in self._layers
-                }
+                },
             }
             writer.add_custom_scalars(layout)
 
@@ -198,7 +216,8 @@ class GradientFlowMonitor(L.Callback):
         }
         width = max(4, len(str(len(profile) - 1)))
         for t in log_spaced_steps(len(profile)):
-            metrics[f"{prefix}/norm_t{t:0{width}d}"] = float(profile[t])
+            if 0 < profile[t] < np.inf:  # log10 of an exact 0 would be -inf: the profile record has it
+                metrics[f"{prefix}/profile_log10/t{t:0{width}d}"] = float(np.log10(profile[t]))
         if flow.cell is not None:
             cell = flow.cell.double().cpu()
             metrics[f"{prefix}/cell_log10_ratio"] = float(log10_ratio(cell))

@@ -17,7 +17,7 @@ from rnnflow.report.explain import depth_table, verdicts, why_table
 from rnnflow.report.plots import plot_losses, plot_profiles, save_heatmaps
 from rnnflow.report.profiles import profile_layers
 from rnnflow.report.runs import Run, load_runs
-from rnnflow.report.table import markdown_table, run_labels, summarise, write_csv
+from rnnflow.report.table import markdown_tables, run_labels, summarise, write_csv
 
 COLUMN_NOTES = """\
 *loss / baseline*: final `val/loss` over the task's trivial-baseline loss (< 1 beats the baseline).
@@ -25,6 +25,9 @@ COLUMN_NOTES = """\
 *log10 ratio*: log10 ‖∂L/∂h_0‖ / ‖∂L/∂h_(T-1)‖ at the first and the last gradient-flow probe;
 *(k steps 0)*: k steps whose gradient is exactly 0 (`grad_flow/L/zero_steps`), the ratio is then
 taken between the first and the last step with a non-zero gradient.
+The verdict of the last: *vanishing* below −3 (the gradient at t = 0 under a thousandth of the last
+step's), *exploding* above +3, *zero* when the gradient at t = 0 is exactly 0 (truncated BPTT).
+More than 12 runs: one table per value of the first swept key, runs ordered by the other keys.
 *ρ*: spectral radius of the recurrent matrix at the first and last probe; for LSTM/GRU the maximum
 over the gates' recurrent blocks, with the gate that attains it in brackets.
 *clip fraction*: last `clip/fraction`; *non-finite*: last `nonfinite/events`;
@@ -110,7 +113,7 @@ def build_report(root: str | Path, out: str | Path | None = None) -> Path:
         "",
         "## Runs",
         "",
-        markdown_table(table),
+        markdown_tables(table),
         COLUMN_NOTES,
         "## Loss curves",
         "",

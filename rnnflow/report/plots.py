@@ -42,17 +42,29 @@ def run_colours(count: int) -> list[tuple[float, ...]]:
 
 
 def _legend(axes: plt.Axes, count: int) -> None:
+    """Up to 8 runs inside the axes (long override labels wrapped, below the panel); beyond, beside
+    the axes in columns of up to 25 entries (40+ runs)."""
     handles, labels = axes.get_legend_handles_labels()
     if not labels:
         return
-    size, columns = (7 if count <= 6 else 6), (1 if count <= 8 else 2)
+    if count > 8:
+        columns = -(-count // 25)
+        axes.legend(
+            handles,
+            labels,
+            fontsize=6,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            ncol=columns,
+            frameon=False,
+        )
+        return
+    size = 7 if count <= 6 else 6
     if max(len(label) for label in labels) > 45:  # long override lists: wrapped, below the panel
         labels = [textwrap.fill(label, 60, subsequent_indent="  ") for label in labels]
-        axes.legend(
-            handles, labels, fontsize=size, ncol=columns, loc="upper left", bbox_to_anchor=(0.0, -0.2)
-        )
+        axes.legend(handles, labels, fontsize=size, loc="upper left", bbox_to_anchor=(0.0, -0.2))
     else:
-        axes.legend(handles, labels, fontsize=size, ncol=columns, loc="best")
+        axes.legend(handles, labels, fontsize=size, loc="best")
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:

@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from google.protobuf.message import DecodeError
 from tensorboard.compat.proto.event_pb2 import Event
-from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.compat.proto.summary_pb2 import DATA_CLASS_TENSOR, Summary, SummaryMetadata
 from tensorboard.util import tensor_util
 
 if TYPE_CHECKING:
@@ -81,7 +81,8 @@ def profile_summary(
         "labels": {name: (labels or {}).get(name, LABELS.get(name, name)) for name in names},
     }
     metadata = SummaryMetadata(
-        plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME, content=json.dumps(content).encode())
+        plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME, content=json.dumps(content).encode()),
+        data_class=DATA_CLASS_TENSOR,  # TensorBoard's data provider lists only values of a known class
     )
     tensor = tensor_util.make_tensor_proto(np.stack(rows))
     return Summary(value=[Summary.Value(tag=tag, metadata=metadata, tensor=tensor)])
@@ -242,34 +243,88 @@ def event_files(run_dir: str | Path) -> list[Path]:
 class ProfileReader:
     """Reads a run's profile records incrementally: :meth:`update` reads what was appended since.
 
-    ``run_dir`` may be a run directory (all its event files) or a single event file.
+    ``run_dir``: a run directory (its event files, ``recursive``: also in subdirectories that
+    are not run directories themselves), or a single event file. ``scalar_tags``: scalar
+    tags matching it are kept too, in :attr:`scalars` (``tag -> {step: value}``).
+
+    The event files are scanned by hand rather than with TensorBoard's ``EventFileLoader``:
+    that one parses every event in Python (a 10,000-step default run's 5 MB file took 12 s on
+    a loaded 2-core machine), while a profile record is recognised in the raw bytes by its
+    plugin name and only those records (and scalars whose tag bytes match) are parsed. TFRecord
+    framing: ``uint64 length, uint32 masked CRC of the length, data, uint32 masked CRC of the data``
+    (little endian). CRCs are not checked; a record that does not parse is skipped, and an
+    incomplete last record (a file being written) is read again at the next :meth:`update`.
     """
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(
+        self, run_dir: str | Path, recursive: bool = True, scalar_tags: re.Pattern[str] | None = None
+    ) -> None:
         self.run_dir = Path(run_dir)
+        self.recursive = recursive
+        self.scalar_tags = scalar_tags
         self.profiles = RunProfiles()
-        self._loaders: dict[Path, EventFileLoader] = {}
+        self.scalars: dict[str, dict[int, float]] = {}
+        self._offsets: dict[Path, int] = {}
+        self.skipped = 0  # records that looked like ours but did not parse
 
     def _files(self) -> list[Path]:
-        return [self.run_dir] if self.run_dir.is_file() else event_files(self.run_dir)
+        if self.run_dir.is_file():
+            return [self.run_dir]
+        if not self.recursive:
+            return sorted(path for path in self.run_dir.glob(EVENT_GLOB) if path.is_file())
+        return event_files(self.run_dir)
 
-    def _events(self) -> Iterator[Any]:
-        for path in self._files():
-            loader = self._loaders.get(path)
-            if loader is None:
-                loader = self._loaders[path] = EventFileLoader(str(path))
-            yield from loader.Load()
+    def _records(self, path: Path) -> Iterator[bytes]:
+        """The complete records of ``path`` appended since the last call."""
+        offset = self._offsets.get(path, 0)
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+        position, size = 0, len(data)
+        while position + 12 <= size:
+            length = int.from_bytes(data[position : position + 8], "little")
+            end = position + 12 + length + 4
+            if end > size:
+                break
+            yield data[position + 12 : position + 12 + length]
+            position = end
+        self._offsets[path] = offset + position
 
     def update(self) -> RunProfiles:
         """Read new records; returns :attr:`profiles` (updated in place)."""
-        for event in self._events():
-            if not event.HasField("summary"):
-                continue
-            for value in event.summary.value:
-                record = decode(value, event.step, event.wall_time)
-                if record is not None:
-                    self.profiles.add(record)
+        marker = PLUGIN_NAME.encode()
+        scalar_marker = _literal_prefix(self.scalar_tags.pattern).encode() if self.scalar_tags else None
+        for path in self._files():
+            for data in self._records(path):
+                ours = marker in data
+                if not ours and (scalar_marker is None or scalar_marker not in data):
+                    continue  # neither a profile record nor a wanted scalar (b"" is in every record)
+                try:
+                    event = Event.FromString(data)
+                except DecodeError:
+                    self.skipped += ours
+                    continue
+                self._add(event)
         return self.profiles
+
+    def _add(self, event: Event) -> None:
+        wanted = self.scalar_tags
+        for value in event.summary.value:
+            try:
+                record = decode(value, event.step, event.wall_time)
+            except (ValueError, UnicodeDecodeError):
+                self.skipped += 1
+                continue
+            if record is not None:
+                self.profiles.add(record)
+            elif wanted is not None and value.HasField("simple_value") and wanted.match(value.tag):
+                self.scalars.setdefault(value.tag, {})[int(event.step)] = float(value.simple_value)
+
+
+def _literal_prefix(pattern: str) -> str:
+    """The literal text a regular expression starts with (``^spectral/(.+)`` -> ``spectral/``)."""
+    prefix = re.match(r"\^?([\w/-]*)", pattern)  # stops at the first metacharacter ("." too)
+    return prefix.group(1) if prefix else ""
 
 
 def load_profiles(run_dir: str | Path) -> RunProfiles:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rnnflow.report.runs import Run
+from rnnflow.report.verdict import EXPLODING_DECADES, VANISHING_DECADES
 
 RATIO_TAG = re.compile(r"^grad_flow/layer(\d+)/log10_ratio$")
 ZERO_STEPS_TAG = re.compile(r"^grad_flow/layer\d+/zero_steps$")
@@ -199,8 +200,63 @@ def _pair(row: dict[str, object], stem: str, spec: str, gate: bool, zeros: str |
     return " → ".join(cells)
 
 
+def ratio_word(log10_ratio: float) -> str:
+    """``vanishing``/``exploding`` past the thresholds of :mod:`rnnflow.report.verdict`, ``zero`` at -inf."""
+    if log10_ratio == -math.inf:
+        return "zero"  # the gradient at t = 0 is exactly 0 (e.g. before the last chunk of truncated BPTT)
+    if log10_ratio < VANISHING_DECADES:
+        return "vanishing"
+    if log10_ratio > EXPLODING_DECADES:
+        return "exploding"
+    return ""
+
+
+def markdown_tables(table: Table, group_above: int = 12) -> str:
+    """:func:`markdown_table`, split by the first swept key when there are more than ``group_above`` runs.
+
+    Each group (``#### model=lstm (12 runs)``) lists its runs ordered by the other swept keys, so
+    that a sweep of 40+ runs reads as a few short tables of runs that differ in one key at a time.
+    """
+    keys = table.override_keys
+    if len(table.rows) <= group_above or not keys:
+        return markdown_table(table)
+    first, rest = keys[0], keys[1:]
+    groups: dict[str, list[dict[str, object]]] = {}
+    for row in table.rows:
+        groups.setdefault(str(row.get(first, "")), []).append(row)
+    parts = []
+    for value in sorted(groups, key=_natural):
+        rows = sorted(groups[value], key=lambda row: [_natural(str(row.get(k, ""))) for k in rest])
+        sub = Table(columns=table.columns, rows=rows, override_keys=rest, layers=table.layers)
+        parts += [
+            f"#### {first}={value} ({len(rows)} run{'s' if len(rows) != 1 else ''})",
+            "",
+            markdown_table(sub),
+        ]
+    return "\n".join(parts)
+
+
+def _natural(text: str) -> list[object]:
+    return [
+        (0, float(part), "") if _is_number(part) else (1, 0.0, part)
+        for part in re.split(r"([-+]?\d*\.?\d+(?:e[-+]?\d+)?)", text)
+        if part
+    ]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def markdown_table(table: Table) -> str:
-    """A GitHub-flavoured Markdown table; init/end pairs merged into one ``init → end`` cell."""
+    """A GitHub-flavoured Markdown table; init/end pairs merged into one ``init → end`` cell.
+
+    The log10 ratio cell ends with what its end value says (:func:`ratio_word`).
+    """
     has_accuracy = "val_accuracy" in table.columns
     headers = ["run", *table.override_keys, "steps", "val loss", "baseline", "loss / baseline"]
     headers += ["val acc"] if has_accuracy else []
@@ -216,9 +272,12 @@ def markdown_table(table: Table) -> str:
         cells += [_fmt(row["val_accuracy"], ".3f")] if has_accuracy else []
         cells += ["?" if isinstance(solved, float) else _fmt(solved)]
         for layer in table.layers:
-            cells.append(
-                _pair(row, f"layer{layer}_log10_ratio", ".2f", gate=False, zeros=f"layer{layer}_zero_steps")
+            ratio = _pair(
+                row, f"layer{layer}_log10_ratio", ".2f", gate=False, zeros=f"layer{layer}_zero_steps"
             )
+            end = row.get(f"layer{layer}_log10_ratio_end")
+            word = ratio_word(float(end)) if isinstance(end, float) else ""
+            cells.append(f"{ratio} ({word})" if word else ratio)
             cells.append(_pair(row, f"layer{layer}_radius", ".3f", gate=True))
         cells += [_fmt(row["clip_fraction"], ".3f"), _fmt(row["nonfinite_events"], ".0f")]
         cells += [_fmt(row["wall_time_s"], ".1f")]

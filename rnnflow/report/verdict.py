@@ -169,7 +169,10 @@ LAYER_TAGS = {
     "depth_ratio": "params/{}/grad_norm_to_top",
 }
 TIMESCALE_TAGS = ("gates/{}/forget_timescale", "gates/{}/update_timescale")
-LAYER_NAME = re.compile(r"^(?:grad_flow|dynamics|activations|gates|params)/(.+)/[^/]+$")
+# A layer is named by a tag of its evidence (not by any tag below grad_flow/: the per-t points
+# grad_flow/L/profile_log10/tNNNN would read as a layer "L/profile_log10").
+_EVIDENCE_NAMES = "|".join(sorted({re.escape(tag.rsplit("/", 1)[1]) for tag in LAYER_TAGS.values()}))
+LAYER_NAME = re.compile(rf"^(?:grad_flow|dynamics|activations|gates|params)/(.+)/(?:{_EVIDENCE_NAMES})$")
 
 LABELS = {
     "log10_ratio": "log10 ratio",

@@ -18,9 +18,10 @@ from rnnflow.runtime.host_settings import HostSettings
 from rnnflow.runtime.memory import check_memory
 from rnnflow.runtime.resume import check_resume
 from rnnflow.runtime.resume_dir import resume_run_dir
-from rnnflow.runtime.run_end import HParamsSummary, ValidateAtEnd
+from rnnflow.runtime.run_end import HParamsSummary, ValidateAtEnd, hparam_columns
 from rnnflow.runtime.run_lock import RunDirLock
 from rnnflow.runtime.slurm import check_job, requeued_checkpoint
+from rnnflow.runtime.summary import route_lightning_logs, summary_callback
 
 
 def train(cfg: DictConfig, multirun: bool = False, job_number: int | None = None) -> dict[str, float]:
@@ -30,6 +31,7 @@ def train(cfg: DictConfig, multirun: bool = False, job_number: int | None = None
     :class:`rnnflow.runtime.run_lock.RunDirInUse` if a live run holds the run dir.
     ``multirun``/``job_number``: this run is job ``job_number`` of a Hydra sweep.
     """
+    route_lightning_logs()
     validate_config(cfg)
     check_launch(cfg, multirun)
     check_job(cfg)
@@ -46,10 +48,12 @@ def train(cfg: DictConfig, multirun: bool = False, job_number: int | None = None
     if cfg.get("ckpt_path") is not None:
         check_resume(cfg, cfg.ckpt_path)
     with RunDirLock(cfg.paths.output_dir):
-        return _fit(cfg, multirun, job_number)
+        return _fit(cfg, multirun, job_number, overrides)
 
 
-def _fit(cfg: DictConfig, multirun: bool, job_number: int | None) -> dict[str, float]:
+def _fit(
+    cfg: DictConfig, multirun: bool, job_number: int | None, overrides: list[str] | None
+) -> dict[str, float]:
     if multirun and job_number is not None and torch.cuda.is_available():
         pin_job_to_gpu(cfg, job_number, torch.cuda.device_count())
     host = HostSettings(
@@ -64,10 +68,13 @@ def _fit(cfg: DictConfig, multirun: bool, job_number: int | None) -> dict[str, f
     if cfg.get("ckpt_path") is not None:  # one line for a checkpoint that cannot resume this module
         check_checkpoint(cfg.ckpt_path, module, dict(module.hparams))
     datamodule = build_datamodule(cfg, task)
+    hparams = HParamsSummary(hparam_columns(cfg, overrides), run_dir=cfg.paths.output_dir)
     trainer = build_trainer(
         cfg,
-        extra_callbacks=[host, ValidateAtEnd(), HParamsSummary(module.hparams)],
+        extra_callbacks=[host, ValidateAtEnd(), hparams],
         plugins=[AtomicCheckpointIO()],  # every checkpoint write atomic
     )
+    # Last: its summary reads what the other callbacks wrote at the end (clip counts, profiles).
+    trainer.callbacks.append(summary_callback(cfg, overrides))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     return {name: float(value) for name, value in trainer.callback_metrics.items()}
