@@ -76,7 +76,7 @@ def test_a_run_stores_every_probe_at_full_resolution(tmp_path):
         assert profiles.steps(layer).tolist() == [0, 3, 6]
         for step in (0, 3, 6):
             record = profiles.at(layer, step)
-            assert set(record.series) == {"hidden", "cell"}
+            assert {"hidden", "cell"} <= set(record.series)  # other instruments add their own series
             hidden = record.series["hidden"]
             assert hidden.shape == (12,) and (hidden > 0).all()
             # Same numbers as the scalar summaries of that probe (float32 there).

@@ -36,6 +36,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from rnnflow.callbacks.clipping import ClipMonitor
 from rnnflow.callbacks.logging import batch_step
+from rnnflow.callbacks.verdict import VerdictMonitor
 from rnnflow.report.profiles import ProfileReader, load_profiles
 from rnnflow.report.verdict import verdict_lines
 from rnnflow.runtime.run_end import layer_headline
@@ -181,13 +182,16 @@ class RunSummary(L.Callback):
             lines.append(f"{layer} (step {stats['step']:.0f}, T={stats['length']:.0f}): " + "; ".join(parts))
         if not lines:
             return ["gradient flow: no probe (diagnostics.every_n_steps=null?)"]
-        reader = ProfileReader(self.run_dir, scalar_tags=re.compile(".*"))
-        reader.update()
-        last = {tag: values[max(values)] for tag, values in reader.scalars.items() if values}
-        for name in ("val/loss", "val/baseline_loss"):
-            if math.isfinite(_metric(trainer, name)):
-                last[name] = _metric(trainer, name)
-        verdicts = verdict_lines(last, self.cell, self.nonlinearity, self.seq_len)
+        monitor = next((c for c in trainer.callbacks if isinstance(c, VerdictMonitor)), None)
+        verdicts = list(monitor.lines) if monitor is not None and monitor.lines else []
+        if not verdicts:  # no verdict callback, or the run stopped before its end of training
+            reader = ProfileReader(self.run_dir, scalar_tags=re.compile(".*"))
+            reader.update()
+            last = {tag: values[max(values)] for tag, values in reader.scalars.items() if values}
+            for name in ("val/loss", "val/baseline_loss"):
+                if math.isfinite(_metric(trainer, name)):
+                    last[name] = _metric(trainer, name)
+            verdicts = verdict_lines(last, self.cell, self.nonlinearity, self.seq_len)
         return lines + [f"verdict: {line}" for line in verdicts]
 
     def _clip_line(self, trainer: L.Trainer) -> str:
