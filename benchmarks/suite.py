@@ -143,7 +143,7 @@ def step_functions(
 
 
 def routes_for(cell: str) -> tuple[str, ...]:
-    return ("extra_input", "adjoint") if cell != "gru" else ("extra_input",)
+    return ("extra_input", "adjoint")
 
 
 def bench_probe(

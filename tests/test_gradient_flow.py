@@ -202,3 +202,68 @@ def test_loss_scale_is_divided_out(route):
     plain, plain_cell = total_hidden_gradients(record)
     torch.testing.assert_close(scaled, plain)
     torch.testing.assert_close(scaled_cell, plain_cell)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("block_steps", [1, 3])
+def test_adjoint_across_blocks(monkeypatch, cell, block_steps):
+    """The adjoint's precomputations run in blocks of steps; its results cross every block edge."""
+    from rnnflow.probes import adjoint
+
+    net = _net(cell, "tanh", 2, "all")
+    inputs = torch.randn(4, 13, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    monkeypatch.setattr(adjoint, "_BLOCK_ELEMENTS", block_steps * 4 * gates * 7)  # B = 4, H = 7
+    reference = UnrolledReference()
+    _, reference_grads = _run(net, inputs, reference.layer_call)
+    probe = GradientFlowProbe(route="adjoint")
+    _, probe_grads = _run(net, inputs, probe)
+    for index, flow in enumerate(probe.gradient_flow().values()):
+        expected = reference.hidden_grads(index).square().sum(dim=(1, 2)).sqrt()
+        torch.testing.assert_close(flow.hidden, expected, rtol=1e-10, atol=1e-13)
+    for got, expected in zip(probe_grads, reference_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("layer_type", [nn.RNN, nn.LSTM, nn.GRU])
+def test_loss_on_the_final_state(route, layer_type):
+    """A loss that reads the returned final state (h_n, and c_n for the LSTM) as well as the outputs:
+    the gradient entering through the final state is part of ∂L/∂h_{T-1} (and ∂L/∂c_{T-1})."""
+    torch.manual_seed(6)
+    layer = layer_type(3, 5, batch_first=True).double()
+    inputs = torch.randn(2, 9, 3, dtype=torch.float64, requires_grad=True)
+    lstm = layer_type is nn.LSTM
+
+    def final_loss(final: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        h_n, c_n = final if lstm else (final, None)
+        weights = torch.linspace(-2.0, 1.0, h_n.numel(), dtype=torch.float64).view_as(h_n)
+        return (h_n * weights).sum() + (0.0 if c_n is None else (c_n * weights.flip(-1)).sum() ** 2)
+
+    reference = UnrolledReference()
+    outputs, _ = reference.layer_call(0, layer, inputs)
+    last_hidden = reference.hidden[0][-1].unsqueeze(0)
+    final = (last_hidden, reference.cell[0][-1].unsqueeze(0)) if lstm else last_hidden
+    (_loss(outputs) + final_loss(final)).backward()
+    expected_input_grad, inputs.grad = inputs.grad.clone(), None
+    hidden, final, record = probed_layer_call(layer, inputs, route=route)
+    (_loss(hidden) + final_loss(final)).backward()
+    dh, dc = total_hidden_gradients(record)
+    torch.testing.assert_close(dh, reference.hidden_grads(0), rtol=1e-10, atol=1e-13)
+    if lstm:
+        torch.testing.assert_close(dc, reference.cell_grads(0), rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(inputs.grad, expected_input_grad, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("layer_type", [nn.RNN, nn.LSTM, nn.GRU])
+def test_no_gradient_reaches_the_layer(route, layer_type):
+    """A layer call whose outputs no loss reads: its gradients are exactly zero, not missing."""
+    layer = layer_type(3, 5, batch_first=True).double()
+    inputs = torch.randn(2, 6, 3, dtype=torch.float64)
+    hidden, _, record = probed_layer_call(layer, inputs, route=route)
+    (layer.weight_hh_l0.sum() * 0.0).backward()
+    dh, dc = total_hidden_gradients(record)
+    assert dh.shape == (6, 2, 5) and bool((dh == 0).all())
+    if layer_type is nn.LSTM:
+        assert dc.shape == (6, 2, 5) and bool((dc == 0).all())

@@ -164,17 +164,18 @@ PROBE_ROUTES = ("auto", "extra_input", "adjoint")
 def choose_route(spec: FusedSpec, device: torch.device, route: str = "auto") -> str:
     """``auto`` picks what ``scripts/bench.py`` measured to be cheaper on each device.
 
-    CPU, torch 2.13, 2 threads, T = 1000, H = 128, B = 64 (probed step / plain step, medians of
-    5 interleaved repeats, 3 bench runs, freed host memory kept): RNN adjoint 0.75-0.86x vs extra
-    input 1.08-1.13x; LSTM adjoint 2.3-2.5x vs extra input 1.63-1.70x (the fused oneDNN backward
-    is hard to beat from Python); GRU extra input 1.41-1.60x (no adjoint).
-    On a GPU the extra input is one parallel GEMM beside cuDNN, while the adjoint's per-step
-    loop would be launch-bound: ``auto`` = adjoint for the RNN on the CPU, extra input otherwise.
+    CPU (torch 2.13, T = 1000, H = 128, B = 64, probed step / plain step): the adjoint route
+    costs RNN 0.6-0.7x, GRU 0.7x, LSTM 1.3-1.45x against extra input 1.2x, 1.45-1.6x, 1.8x: the
+    extra input's three ``T·B × G·H × H`` GEMMs (forward, input gradient, weight gradient) cost
+    more than a hand-written backward, and the fused RNN/GRU backwards (autograd over per-step
+    ATen ops) are slower than the adjoint's batched one. On a GPU the extra input is one
+    parallel GEMM beside cuDNN, while the adjoint's per-step loop would be launch-bound; mixed
+    precision keeps the fused kernels (the adjoint works in the weights' dtype). Hence ``auto``
+    = adjoint on the CPU, extra input elsewhere.
     """
     if route == "extra_input" or not supports_adjoint(spec) or torch.is_autocast_enabled(device.type):
-        # The hand-written backward works in the weights' dtype; mixed precision keeps the fused one.
         return "extra_input"
-    if route == "adjoint" or (device.type == "cpu" and spec.cell == "rnn"):
+    if route == "adjoint" or device.type == "cpu":
         return "adjoint"
     return "extra_input"
 
@@ -185,7 +186,7 @@ def probed_layer_call(
     """Run ``layer`` like ``layer(inputs, state)``, keeping what the probe needs: ``(h, final, record)``.
 
     ``route``: ``extra_input`` (fused forward and backward, zero extra input; any cell),
-    ``adjoint`` (fused forward, hand-written backward; rnn and lstm), or ``auto``.
+    ``adjoint`` (forward, then a hand-written backward; rnn, lstm, gru with biases), or ``auto``.
     """
     return probed_call(fused_spec(layer), inputs, state, route)
 
@@ -347,7 +348,12 @@ def total_hidden_gradients(
     spec = record.spec
     if isinstance(record, AdjointRecord):
         du, dc = record.gradients()
-        return du / (spec.out_scale * grad_scale), (None if dc is None else dc / grad_scale)
+        # The record's own buffers, copied only where a scale divides them.
+        if spec.out_scale * grad_scale != 1.0:
+            du = du / (spec.out_scale * grad_scale)
+        if dc is not None and grad_scale != 1.0:
+            dc = dc / grad_scale
+        return du, dc
     hidden = spec.hidden_size
     # At least float32 (half-precision runs), float64 stays float64 (tests).
     dtype = torch.promote_types(record.raw_output.dtype, torch.float32)
@@ -560,7 +566,7 @@ class GradientFlowProbe:
     def _layer_backward(call: _ProbedCall, dh: torch.Tensor, dc: torch.Tensor | None) -> LayerBackward:
         spec = call.spec
         u = call.record.raw_output if isinstance(call.record, ProbedLayer) else call.record.output
-        u = _time_major(u.detach(), spec.batch_first and isinstance(call.record, AdjointRecord))
+        u = u.detach()  # both routes keep u time-major
         h0, c0 = call.state if isinstance(call.state, tuple) else (call.state, None)
         return LayerBackward(call.name, spec, call.inputs, u, h0[0], None if c0 is None else c0[0], dh, dc)
 
