@@ -15,7 +15,7 @@ target ``(B,)``, MSE), the model a one-layer :class:`rnnflow.models.RecurrentNet
   (same fused module, Adam, the same batches from the same generator).
 * :func:`bench_amortized_measured`: Lightning runs with every diagnostics callback on
   (default config) against the same runs with them off.
-* :func:`bench_lengths`: plain step time and activation memory at several T.
+* :func:`bench_lengths`: plain and probed step time and memory at several T.
 * :func:`bench_denormal`: a vanishing model (ρ = 0.5) against a healthy one (ρ = 1), with
   and without flush-to-zero.
 * :func:`bench_explain`: each explanatory instrument's own time on a probe step (activations,
@@ -48,10 +48,11 @@ from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from benchmarks.timing import (
+    HookClock,
     IterationClock,
     clock,
     interleaved_timings,
-    peak_cuda_bytes,
+    peak_memory_bytes,
     saved_activation_bytes,
 )
 from rnnflow.lit.data import TRAIN_STREAM, batch_seed
@@ -149,7 +150,11 @@ def routes_for(cell: str) -> tuple[str, ...]:
 def bench_probe(
     sizes: BenchSizes, device: torch.device, repeats: int, cells: tuple[str, ...] = CELLS
 ) -> dict[str, dict[str, Any]]:
-    """Probed step over plain step, per cell (of ``cells``), for ``auto`` and every explicit route."""
+    """Probed step over plain step, per cell (of ``cells``), for ``auto`` and every explicit route.
+
+    Time: interleaved medians. Memory: the peak allocated during one step above what was
+    allocated before it (:func:`benchmarks.timing.peak_memory_bytes`), plain and probed.
+    """
     inputs, targets = adding_batch(sizes.steps, sizes.batch, device)
     results: dict[str, dict[str, Any]] = {}
     for cell in cells:
@@ -160,12 +165,16 @@ def bench_probe(
         variants.update({route: probed(route) for route in routes_for(cell)})
         timings = interleaved_timings(variants, repeats, device)
         medians = timings.medians
+        peaks = {name: peak_memory_bytes(run, device) for name, run in variants.items()}
         results[cell] = {
             "plain_ms": 1e3 * medians["plain"],
             "auto_route": choose_route(fused_spec(model.layers[0]), device, "auto"),
             **{f"{name}_ms": 1e3 * medians[name] for name in variants if name != "plain"},
             **{f"{name}_vs_plain": medians[name] / medians["plain"] for name in variants if name != "plain"},
             "plain_spread": timings.spread("plain"),
+            "plain_peak_bytes": peaks["plain"],
+            **{f"{name}_peak_bytes": peaks[name] for name in variants if name != "plain"},
+            **{f"{name}_peak_vs_plain": peaks[name] / peaks["plain"] for name in variants if name != "plain"},
         }
     return results
 
@@ -341,8 +350,16 @@ def run_overrides(device: torch.device, cell: str, hidden: int, steps: int, batc
     ]
 
 
-def lightning_fit(cfg: DictConfig, device: torch.device, callbacks: tuple[str, ...] | None, logger: bool):
-    """``Trainer.fit`` of the config's run with only the named callbacks (None: all); its clock."""
+def lightning_fit(
+    cfg: DictConfig,
+    device: torch.device,
+    callbacks: tuple[str, ...] | None,
+    logger: bool,
+    extra: list[L.Callback] | None = None,
+):
+    """``Trainer.fit`` of the config's run with only the named callbacks (None: all); its clock.
+
+    ``extra`` callbacks run first, after the clock."""
     with open_dict(cfg):
         if callbacks is not None:
             cfg.callbacks = {name: cfg.callbacks[name] for name in callbacks if name in cfg.callbacks}
@@ -353,7 +370,7 @@ def lightning_fit(cfg: DictConfig, device: torch.device, callbacks: tuple[str, .
     module = build_module(cfg, task)
     data = build_datamodule(cfg, task)
     iteration_clock = IterationClock(device)
-    trainer = build_trainer(cfg, extra_callbacks=[iteration_clock])
+    trainer = build_trainer(cfg, extra_callbacks=[iteration_clock, *(extra or [])])
     trainer.fit(module, datamodule=data)
     return iteration_clock
 
@@ -502,38 +519,94 @@ def bench_amortized_measured(sizes: BenchSizes, device: torch.device, repeats: i
     }
 
 
+def bench_instruments(sizes: BenchSizes, device: torch.device, workdir: Path) -> dict[str, Any]:
+    """What every instrument costs on probe steps, by name: one Lightning run of the default config.
+
+    Every diagnostics callback of the default config is on, at probe interval ``n``
+    (``every_n_steps``); :class:`benchmarks.timing.HookClock` times each callback's per-batch
+    hooks. Per callback: the median over probe batches (batches ``k·n``, the last excluded: it
+    draws the end-of-run figures) and over the other batches of its hooks' time per batch.
+    ``probe_in_step_ms``: the gradient-flow probe's own cost inside the training step (its
+    forward and backward), the median probe batch minus the median other batch minus every
+    callback's extra time on probe batches.
+    """
+    n = sizes.every_n_steps
+    max_steps = 3 * n + 2
+    small = (sizes.small_hidden, sizes.small_steps, sizes.small_batch)
+    cfg = compose_run(
+        [
+            *run_overrides(device, "lstm", *small, max_steps),
+            f"diagnostics.every_n_steps={n}",
+            f"diagnostics.spectral_every_n_steps={n}",
+        ],
+        workdir / "instruments",
+    )
+    hooks = HookClock(device)
+    intervals = lightning_fit(cfg, device, callbacks=None, logger=True, extra=[hooks]).intervals
+    probe = [k for k in range(1, max_steps - 1) if k % n == 0]
+    other = [k for k in range(1, max_steps - 1) if k % n != 0]
+    callbacks: dict[str, dict[str, float]] = {}
+    for name, per_batch in hooks.seconds.items():
+        on_probe = statistics.median(per_batch.get(k, 0.0) for k in probe)
+        on_other = statistics.median(per_batch.get(k, 0.0) for k in other)
+        callbacks[name] = {"probe_step_ms": 1e3 * on_probe, "other_step_ms": 1e3 * on_other}
+    probe_batch = statistics.median(intervals[k] for k in probe)
+    other_batch = statistics.median(intervals[k] for k in other)
+    hook_extra = sum(row["probe_step_ms"] - row["other_step_ms"] for row in callbacks.values()) / 1e3
+    return {
+        "every_n_steps": n,
+        "probe_batches": probe,
+        "probe_batch_ms": 1e3 * probe_batch,
+        "other_batch_ms": 1e3 * other_batch,
+        "probe_in_step_ms": 1e3 * (probe_batch - other_batch - hook_extra),
+        "callbacks": callbacks,
+    }
+
+
 # --- length scaling and denormals --------------------------------------------------------------------
 
 
-def bench_lengths(sizes: BenchSizes, device: torch.device, repeats: int) -> dict[str, dict[str, float]]:
-    """Plain LSTM step time and activation memory at each T, per step of T relative to the middle T."""
-    model = make_model("lstm", sizes.hidden, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    steps = {}
-    for length in sizes.lengths:
-        inputs, targets = adding_batch(length, sizes.batch, device)
-        steps[str(length)], _ = step_functions(model, optimizer, inputs, targets)
-    medians = interleaved_timings(steps, repeats, device).medians
-    saved = {length: saved_activation_bytes(run) for length, run in steps.items()}
-    peak = (
-        {length: peak_cuda_bytes(run, device) for length, run in steps.items()}
-        if device.type == "cuda"
-        else {}
-    )
+def bench_lengths(
+    sizes: BenchSizes, device: torch.device, repeats: int, cells: tuple[str, ...] = ("lstm", "gru")
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per cell and T: plain and probed (``auto``) step time, peak memory, and saved activations.
+
+    Linear in T means a constant cost per step of T: ``*_per_step_vs_reference`` divides each
+    figure by T and by the same at the middle T. ``probe_vs_plain`` and ``probe_peak_vs_plain``
+    compare the probed step with the plain one at the same T.
+    """
     reference = str(sizes.lengths[len(sizes.lengths) // 2])
-    results = {}
-    for length in steps:
-        scale = int(reference) / int(length)
-        row = {
-            "step_ms": 1e3 * medians[length],
-            "time_per_step_vs_reference": medians[length] / medians[reference] * scale,
-            "saved_mb": saved[length] / 2**20,
-            "memory_per_step_vs_reference": saved[length] / saved[reference] * scale,
-        }
-        if peak:
-            row["peak_cuda_mb"] = peak[length] / 2**20
-            row["peak_memory_per_step_vs_reference"] = peak[length] / peak[reference] * scale
-        results[length] = row
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for cell in cells:
+        model = make_model(cell, sizes.hidden, device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        variants: dict[str, Callable[[], None]] = {}
+        for length in sizes.lengths:
+            plain, probed = step_functions(model, optimizer, *adding_batch(length, sizes.batch, device))
+            variants[f"plain_{length}"], variants[f"probe_{length}"] = plain, probed("auto")
+        medians = interleaved_timings(variants, repeats, device).medians
+        peaks = {name: peak_memory_bytes(run, device) for name, run in variants.items()}
+        saved = {length: saved_activation_bytes(variants[f"plain_{length}"]) for length in sizes.lengths}
+        rows = {}
+        for length in sizes.lengths:
+            scale = int(reference) / length
+            plain_ms, probe_ms = medians[f"plain_{length}"], medians[f"probe_{length}"]
+            plain_peak, probe_peak = peaks[f"plain_{length}"], peaks[f"probe_{length}"]
+            rows[str(length)] = {
+                "step_ms": 1e3 * plain_ms,
+                "probe_step_ms": 1e3 * probe_ms,
+                "probe_vs_plain": probe_ms / plain_ms,
+                "time_per_step_vs_reference": plain_ms / medians[f"plain_{reference}"] * scale,
+                "probe_time_per_step_vs_reference": probe_ms / medians[f"probe_{reference}"] * scale,
+                "saved_mb": saved[length] / 2**20,
+                "memory_per_step_vs_reference": saved[length] / saved[int(reference)] * scale,
+                "peak_mb": plain_peak / 2**20,
+                "probe_peak_mb": probe_peak / 2**20,
+                "probe_peak_vs_plain": probe_peak / plain_peak,
+                "peak_per_step_vs_reference": plain_peak / peaks[f"plain_{reference}"] * scale,
+                "probe_peak_per_step_vs_reference": probe_peak / peaks[f"probe_{reference}"] * scale,
+            }
+        results[cell] = rows
     return results
 
 

@@ -101,6 +101,58 @@ class IterationClock(L.Callback):
         return [b - a for a, b in pairwise(self.stamps)]
 
 
+HOOKS = (
+    "on_train_batch_start",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_before_zero_grad",
+    "on_train_batch_end",
+    "on_probe_layer",
+    "on_probe_end",
+)
+"""The per-batch hooks an instrument may implement (Lightning's, and rnnflow's ProbeListener's)."""
+
+
+class HookClock(L.Callback):
+    """Time every other callback spends in its per-batch hooks, per training batch.
+
+    At fit start it wraps, on each callback instance of ``trainer.callbacks`` (but itself), the
+    hooks of :data:`HOOKS` its class overrides, so that the wall time of each call is added to
+    ``seconds[callback class name][batch index]``. Put it first in the callback list.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.batch = -1
+        self.seconds: dict[str, dict[int, float]] = {}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for callback in trainer.callbacks:
+            if callback is self:
+                continue
+            name = type(callback).__name__
+            for hook in HOOKS:
+                if getattr(type(callback), hook, None) in (None, getattr(L.Callback, hook, None)):
+                    continue
+                self.seconds.setdefault(name, {})
+                setattr(callback, hook, self._timed(name, getattr(callback, hook)))
+
+    def _timed(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = clock(self.device)
+            try:
+                return method(*args, **kwargs)
+            finally:
+                per_batch = self.seconds[name]
+                per_batch[self.batch] = per_batch.get(self.batch, 0.0) + clock(self.device) - start
+
+        return timed
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.batch += 1
+
+
 def saved_activation_bytes(run: Callable[[], Any]) -> int:
     """Bytes of every tensor autograd saves for backward while ``run`` executes.
 
@@ -127,6 +179,29 @@ def peak_cuda_bytes(run: Callable[[], Any], device: torch.device) -> int:
     run()
     synchronize(device)
     return torch.cuda.max_memory_allocated(device) - before
+
+
+def peak_memory_bytes(run: Callable[[], Any], device: torch.device) -> int:
+    """Peak memory allocated while ``run`` executes, above what was allocated when it started.
+
+    CUDA: the caching allocator's counters. CPU: PyTorch has no such counter, so the
+    profiler records every allocation and free (``profile_memory``) and the peak of their
+    running sum is taken; its per-event records are only exposed through the profiler's
+    Kineto results (``prof.profiler.kineto_results``), which the aggregated tables drop.
+    """
+    if device.type == "cuda":
+        return peak_cuda_bytes(run, device)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    events = [event for event in prof.profiler.kineto_results.events() if event.name() == "[memory]"]
+    total = peak = 0
+    for event in sorted(events, key=lambda event: event.start_ns()):
+        if event.device_type() == torch.autograd.DeviceType.CPU:
+            total += event.nbytes()
+            peak = max(peak, total)
+    return peak
 
 
 def load_average() -> list[float] | None:

@@ -114,11 +114,6 @@ def test_bad_value_names_key_and_accepted_values(override, named, accepted):
         ),
         (["optim._partial_=false"], "optim._partial_=False", "true"),
         (
-            ["model=gru", "diagnostics.probe_route=adjoint"],
-            "diagnostics.probe_route='adjoint'",
-            "with model.cell=gru",
-        ),
-        (
             ["model=lstm", "diagnostics.probe_route=adjoint", "trainer.precision=bf16-mixed"],
             "diagnostics.probe_route='adjoint'",
             "with trainer.precision=bf16-mixed",
@@ -230,6 +225,11 @@ def test_inconsistent_init():
         validate_config(compose_config("model.init.recurrent=zeros", "model.init.spectral_radius=1.0"))
     with pytest.raises(ConfigError, match="model.init.forget_bias.*unless model.cell=lstm"):
         validate_config(compose_config("model=gru", "model.init.forget_bias=1.0"))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_adjoint_route_is_accepted_for_every_cell(cell):
+    validate_config(compose_config(f"model={cell}", "diagnostics.probe_route=adjoint"))
 
 
 def test_default_config_is_valid():

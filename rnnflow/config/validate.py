@@ -242,15 +242,9 @@ def _rule_spectral_radius(cfg: DictConfig) -> None:
 
 
 def _rule_probe_route(cfg: DictConfig) -> None:
-    """The adjoint route exists for rnn and lstm, in the weights' dtype: refuse what would change it."""
+    """The adjoint route runs in the weights' dtype: refuse it where mixed precision would change that."""
     if get(cfg, "diagnostics.probe_route") != "adjoint":
         return
-    if get(cfg, "model.cell") == "gru":
-        raise refuse(
-            "diagnostics.probe_route",
-            "adjoint",
-            "auto or extra_input with model.cell=gru (the adjoint backward exists for rnn and lstm)",
-        )
     precision = get(cfg, "trainer.precision", "32-true")
     if precision in MIXED_PRECISIONS:
         raise refuse(
