@@ -133,3 +133,30 @@ def test_hook_clock_charges_each_callback_its_own_time(tmp_path):
     assert sleeper[2] >= 0.05
     assert all(seconds < 0.05 for batch, seconds in sleeper.items() if batch != 2)
     assert set(idle) == {0, 1, 2, 3} and all(seconds < 0.05 for seconds in idle.values())
+
+
+def test_gpu_check_dry_run(tmp_path, python):
+    """benchmarks/gpu_check.py runs its whole sequence on the CPU at tiny sizes and writes its JSON."""
+    out = tmp_path / "gpu_check"
+    result = subprocess.run(
+        [python, "-m", "benchmarks.gpu_check", "--dry-run", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    steps = {step["name"]: step for step in report["steps"]}
+    assert list(steps) == [
+        "tests", "default_gpu", "bf16_mixed", "16_mixed", "ddp_1_device", "autocast_exactness", "multirun",
+        "bench",
+    ]  # fmt: skip
+    assert all(step["passed"] for step in steps.values())
+    for name in ("default_gpu", "bf16_mixed", "16_mixed", "ddp_1_device"):
+        assert steps[name]["figures"]["grad_flow_tags"] > 0, name
+    for row in steps["autocast_exactness"]["figures"].values():
+        assert row["max_relative_error"] <= row["tolerance"]
+    assert len(steps["multirun"]["figures"]["jobs_with_last_checkpoint"]) == 2
+    assert "probe_vs_plain/lstm" in steps["bench"]["figures"]
+    assert "rnnflow GPU check on cpu (dry run): all passed" in result.stdout
