@@ -165,8 +165,8 @@ def choose_route(spec: FusedSpec, device: torch.device, route: str = "auto") -> 
     """``auto`` picks what ``scripts/bench.py`` measured to be cheaper on each device.
 
     CPU (torch 2.13, T = 1000, H = 128, B = 64, probed step / plain step, one thread, CPU time,
-    three runs): the adjoint route costs RNN 0.65-0.68x, GRU 0.71-0.76x, LSTM 1.40-1.57x against
-    extra input 1.12-1.21x, 1.45-1.54x, 1.77-1.80x: the
+    three runs): the adjoint route costs RNN 0.65-0.68x, GRU 0.71-0.81x, LSTM 1.40-1.57x against
+    extra input 1.12-1.21x, 1.45-1.64x, 1.77-1.80x: the
     extra input's three ``T·B × G·H × H`` GEMMs (forward, input gradient, weight gradient) cost
     more than a hand-written backward, and the fused RNN/GRU backwards (autograd over per-step
     ATen ops) are slower than the adjoint's batched one. On a GPU the extra input is one
