@@ -129,18 +129,33 @@ def step_functions(
         optimizer.step()
 
     def probed(route: str) -> Callable[[], None]:
-        def run() -> None:
-            probe = GradientFlowProbe(route=route)
-            optimizer.zero_grad(set_to_none=True)
-            with probe.attach(model):
-                outputs = model(inputs)
-            nn.functional.mse_loss(outputs.squeeze(-1), targets).backward()
-            probe.gradient_flow()
-            optimizer.step()
-
-        return run
+        return probed_step(model, optimizer, inputs, targets, route)
 
     return plain, probed
+
+
+def probed_step(
+    model: RecurrentNet,
+    optimizer: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    route: str = "auto",
+    consumer: Callable[[Any], None] | None = None,
+) -> Callable[[], None]:
+    """A training step probed with ``route`` (``consumer`` gets every probed layer's record)."""
+
+    def run() -> None:
+        probe = GradientFlowProbe(route=route)
+        if consumer is not None:
+            probe.add_consumer(consumer)
+        optimizer.zero_grad(set_to_none=True)
+        with probe.attach(model):
+            outputs = model(inputs)
+        nn.functional.mse_loss(outputs.squeeze(-1), targets).backward()
+        probe.gradient_flow()
+        optimizer.step()
+
+    return run
 
 
 def routes_for(cell: str) -> tuple[str, ...]:
@@ -811,18 +826,7 @@ def _explain_cell(
     captured: list[Any] = []
 
     def probed(consumer: Callable[[Any], None] | None = None) -> Callable[[], None]:
-        def run() -> None:
-            probe = GradientFlowProbe(route="auto")
-            if consumer is not None:
-                probe.add_consumer(consumer)
-            optimizer.zero_grad(set_to_none=True)
-            with probe.attach(model):
-                outputs = model(inputs)
-            nn.functional.mse_loss(outputs.squeeze(-1), targets).backward()
-            probe.gradient_flow()
-            optimizer.step()
-
-        return run
+        return probed_step(model, optimizer, inputs, targets, "auto", consumer)
 
     def capture(layer: Any) -> None:
         captured[:] = [layer]

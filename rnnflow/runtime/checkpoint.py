@@ -58,6 +58,8 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 
+from rnnflow.runtime.run_lock import process_alive
+
 log = logging.getLogger(__name__)
 
 
@@ -339,16 +341,6 @@ class RunCheckpoint(Checkpoint):
         own = re.compile(re.escape(f".{socket.gethostname()}.") + r"(\d+)\.")
         for path in self.dirpath.glob(f"*.{self.path.name}.*"):
             pids = {int(pid) for pid in own.findall(path.name)} - {os.getpid()}
-            if not any(_alive(pid) for pid in pids):
+            if not any(process_alive(pid) for pid in pids):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

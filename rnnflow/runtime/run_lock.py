@@ -46,7 +46,8 @@ def _parse(text: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in text.split() if "=" in part)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -119,7 +120,7 @@ class RunDirLock:
         pid = owner.get("pid", "")
         if not pid.isdigit() or int(pid) == os.getpid():
             return
-        if owner.get("host") != socket.gethostname() or _alive(int(pid)):
+        if owner.get("host") != socket.gethostname() or process_alive(int(pid)):
             os.close(fd)
             raise _in_use(self.run_dir, owner)
 
