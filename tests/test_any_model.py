@@ -84,9 +84,9 @@ def test_parameter_gradients_and_outputs_are_the_fused_ones(cell):
 
 
 def test_unidirectional_lstm_parameter_gradients_are_bit_identical():
-    """With the extra-input route (fused forward and backward) a unidirectional LSTM's outputs and
-    gradients are bit-identical; the CPU default (the adjoint route, whose LSTM forward is its own
-    loop) equals them up to float rounding."""
+    """With the extra-input route (fused forward and backward; ``auto``'s choice for the LSTM) a
+    unidirectional LSTM's outputs and gradients are bit-identical; the adjoint route (whose LSTM
+    forward is its own loop) equals them up to float rounding."""
     torch.manual_seed(0)
     module = nn.LSTM(3, 32, num_layers=2, batch_first=True)
     x = torch.randn(16, 40, 3)
@@ -100,7 +100,8 @@ def test_unidirectional_lstm_parameter_gradients_are_bit_identical():
 
     plain = gradients(None)
     assert all(torch.equal(a, b) for a, b in zip(plain, gradients("extra_input"), strict=True))
-    for expected, got in zip(plain, gradients("auto"), strict=True):
+    assert all(torch.equal(a, b) for a, b in zip(plain, gradients("auto"), strict=True))
+    for expected, got in zip(plain, gradients("adjoint"), strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=2e-6 * float(expected.abs().max()))
 
 

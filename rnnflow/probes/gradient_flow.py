@@ -171,12 +171,17 @@ def choose_route(spec: FusedSpec, device: torch.device, route: str = "auto") -> 
     more than a hand-written backward, and the fused RNN/GRU backwards (autograd over per-step
     ATen ops) are slower than the adjoint's batched one. On a GPU the extra input is one
     parallel GEMM beside cuDNN, while the adjoint's per-step loop would be launch-bound; mixed
-    precision keeps the fused kernels (the adjoint works in the weights' dtype). Hence ``auto``
-    = adjoint on the CPU, extra input elsewhere.
+    precision keeps the fused kernels (the adjoint works in the weights' dtype). The LSTM's adjoint
+    runs its forward as its own loop, whose outputs differ from the fused kernel's in the last bits:
+    then a probed step would not compute the loss an unprobed one does, and a run's metrics would
+    depend on which steps it probed (a resumed run probes its first segment's last step). Hence
+    ``auto`` = adjoint for the RNN and GRU on the CPU (fused forward, outputs bit-identical), extra
+    input for the LSTM (fused forward and backward: outputs and gradients bit-identical) and on
+    other devices.
     """
     if route == "extra_input" or not supports_adjoint(spec) or torch.is_autocast_enabled(device.type):
         return "extra_input"
-    if route == "adjoint" or device.type == "cpu":
+    if route == "adjoint" or (device.type == "cpu" and spec.cell != "lstm"):
         return "adjoint"
     return "extra_input"
 
