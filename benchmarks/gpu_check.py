@@ -8,7 +8,7 @@ Steps, each timed, its result and figures collected in ``<out>/gpu_check.json`` 
 2. ``default_gpu``, ``bf16_mixed``, ``16_mixed``, ``ddp_1_device``: the default experiment
    (``python scripts/train.py``) with ``trainer=gpu``, with ``trainer.precision=bf16-mixed`` and
    ``16-mixed``, and with ``trainer=ddp trainer.devices=1``; each must exit 0 and write every
-   ``grad_flow/layer*/…`` tag of a probe step (``log10_ratio``, ``decay_rate``, ``norm_t…``) with
+   ``grad_flow/layer*/…`` tag of a probe step (``log10_ratio``, ``decay_rate``, ``profile_log10/t…``) with
    finite values. The variants run fewer steps (``--variant-steps``) to stay inside the budget.
 3. ``autocast_exactness``: the probe under ``torch.autocast`` (bf16 and fp16; LSTM, GRU, RNN) on the
    GPU against an unrolled float64 reference on the same GPU, run on the same (rounded) weights
@@ -100,8 +100,8 @@ def check_grad_flow(run_dir: Path) -> tuple[bool, str, dict[str, Any]]:
         for name in GRAD_FLOW_TAGS:
             if f"grad_flow/{layer}/{name}" not in scalars:
                 problems.append(f"grad_flow/{layer}/{name} missing")
-        if not any(tag.startswith(f"grad_flow/{layer}/norm_t") for tag in scalars):
-            problems.append(f"grad_flow/{layer}/norm_t* missing")
+        if not any(tag.startswith(f"grad_flow/{layer}/profile_log10/t") for tag in scalars):
+            problems.append(f"grad_flow/{layer}/profile_log10/t* missing")
     grad_tags = {tag: v for tag, v in scalars.items() if tag.startswith("grad_flow/")}
     bad = [tag for tag, values in grad_tags.items() if not all(math.isfinite(v) for v in values)]
     problems += [f"{tag} not finite" for tag in bad]

@@ -421,7 +421,9 @@ def test_ddp_over_two_slurm_tasks_matches_ddp_spawn(slurm_cluster, tmp_path):  #
     done = train_cli(slurm_cluster, *README_SLURM[:-1], "trainer=ddp", *run, f"hydra.sweep.dir={sweep}")
     assert done.returncode == 0, done.stderr[-3000:]
     job = next(sweep.glob("0_*"))
-    logs = "\n".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.err"))
+    # Lightning's rank lines go to the job's stderr, or to the run's train.log (rnnflow's log file).
+    log_files = [*(sweep / ".submitit").glob("*/*_log.*"), *sweep.glob("*/train.log")]
+    logs = "\n".join(p.read_text() for p in log_files)
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in logs and "GLOBAL_RANK: 1, MEMBER: 2/2" in logs  # two SLURM tasks
     assert len(list((job / "tb").glob("events.*"))) == 1  # written by rank 0 only
     on_slurm = scalars(job / "tb")

@@ -34,7 +34,7 @@ def test_a_two_step_run_logs_train_and_validation_and_hparams(train_run):
     assert [s for s, _ in tags["val/loss"]] == [1]
     hparams = SummaryReader(str(out / "tb")).hparams
     values = dict(zip(hparams.tag, hparams.value, strict=True))
-    assert values["model.cell"] == "lstm" and values["task.name"] == "adding"
+    assert values["model"] == "lstm" and values["task"] == "adding"  # the cell and task columns
     assert tags["hparams/val_loss"][0][1] == pytest.approx(tags["val/loss"][-1][1])
     checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 2
