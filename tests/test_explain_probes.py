@@ -179,15 +179,21 @@ def test_forget_timescale_stays_finite_and_exact_near_one():
     assert stats.timescale == pytest.approx(math.exp(25.0), rel=1e-6)  # −1/ln σ(25) = e^25 (1 + O(e^−25))
 
 
-@pytest.mark.parametrize("rho", [0.5, 0.9, 1.0, 1.3])
-@pytest.mark.parametrize("count", [1, 3])
-def test_lyapunov_of_scaled_orthogonal_is_log_rho(rho, count):
+def scaled_orthogonal_layer(rho: float) -> nn.Module:
+    """A tanh RNN with W_hh = ρ·Q and zero input weights and biases: the state stays 0."""
     layer = make_layer("tanh")
     with torch.no_grad():
         nn.init.orthogonal_(layer.weight_hh_l0)
         layer.weight_hh_l0.mul_(rho)
         for name in ("weight_ih_l0", "bias_ih_l0", "bias_hh_l0"):
             getattr(layer, name).zero_()
+    return layer
+
+
+@pytest.mark.parametrize("rho", [0.5, 0.9, 1.0, 1.3])
+@pytest.mark.parametrize("count", [1, 3])
+def test_lyapunov_of_scaled_orthogonal_is_log_rho(rho, count):
+    layer = scaled_orthogonal_layer(rho)
     x, _ = _data(steps=50, batch=3)
     spec, u, initial, cell = fused_call(layer, x)
     assert u.abs().max() == 0  # the state stays at 0, every Jacobian is W_hh
@@ -351,12 +357,7 @@ def test_lyapunov_of_annihilating_dynamics_is_minus_infinity_not_nan(count):
 @pytest.mark.parametrize("rho", [1e-8, 1e9])
 def test_lyapunov_long_qr_interval_stays_exact_beyond_float64_range(rho):
     """ρ = 1e−8 (1e9) over 50 steps leaves float64's range: the block is redone step by step."""
-    layer = make_layer("tanh")
-    with torch.no_grad():
-        nn.init.orthogonal_(layer.weight_hh_l0)
-        layer.weight_hh_l0.mul_(rho)
-        for name in ("weight_ih_l0", "bias_ih_l0", "bias_hh_l0"):
-            getattr(layer, name).zero_()
+    layer = scaled_orthogonal_layer(rho)
     x, _ = _data(steps=120, batch=2)
     spec, u, initial, _ = fused_call(layer, x)
     for count in (1, 2):
