@@ -312,6 +312,17 @@ def event_files(run_dir: Path) -> int:
     return len(list((run_dir / "tb").glob("events.*")))
 
 
+def first_step_of_newest_start(run_dir: Path) -> int | None:
+    """The first ``train/loss`` step of the newest event file below ``run_dir/tb`` (None: none yet)."""
+    newest = max((run_dir / "tb").glob("events.*"), key=lambda path: path.stat().st_ctime_ns)
+    try:
+        frame = SummaryReader(str(newest), pivot=False).scalars
+    except Exception:  # an event file being written
+        return None
+    steps = frame[frame.tag == "train/loss"].step if len(frame) else []
+    return int(min(steps)) if len(steps) else None
+
+
 def max_step(run_dir: Path) -> int:
     """The last ``train/loss`` step written so far below ``run_dir/tb`` (-1: none)."""
     if not any((run_dir / "tb").glob("events.*")):
@@ -377,9 +388,13 @@ def test_preempted_requeued_and_signalled_job_resumes_exactly(slurm_cluster, tmp
             # Stopped before batch + 1, saved, requeued, started again: a new event file.
             wait_until(lambda n=start + 1: event_files(run_dir) == n, 300, f"start {start + 1}", process)
             # Saved at the first batch boundary at which the run sees the signal (right after the
-            # held batch, or one batch later where the stop is agreed at the end of a batch).
-            saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-            assert batch + 1 <= saved["global_step"] <= batch + 2, command
+            # held batch, or one batch later where the stop is agreed at the end of a batch). Read
+            # from the new start's first logged step, not from last.ckpt: the new start may already
+            # have saved again (a validation at step 20) by the time the test looks.
+            resumed_at = wait_until(
+                lambda: first_step_of_newest_start(run_dir), 300, f"start {start + 1}'s first step"
+            )
+            assert batch + 1 <= resumed_at <= batch + 2, command
         _, stderr = process.communicate(timeout=600)
     finally:
         if process.poll() is None:
