@@ -738,7 +738,7 @@ EXPLAIN_INSTRUMENTS = (
 
 
 def _explain_settings() -> dict[str, Any]:
-    """The default config's ``diagnostics`` (explain_sequences, lyapunov_sequences, lyapunov_qr_every)."""
+    """The default config's ``diagnostics`` (explain_sequences and the lyapunov_* settings)."""
     from omegaconf import OmegaConf
 
     return dict(OmegaConf.load(CONF_DIR / "train.yaml").diagnostics)
@@ -749,7 +749,7 @@ def _instrument_work(layer: Any, model: nn.Module) -> dict[str, Callable[[], Any
     from rnnflow.callbacks.parameters import exact_gradient_norms
     from rnnflow.callbacks.trajectory import sub_batch
     from rnnflow.probes.activations import activation_stats
-    from rnnflow.probes.credit import credit_profile, step_norms
+    from rnnflow.probes.credit import credit_profile
     from rnnflow.probes.gates import gate_stats
     from rnnflow.probes.lyapunov import lyapunov_exponents
     from rnnflow.probes.profile_stats import decay_rate, log10_ratio
@@ -764,9 +764,13 @@ def _instrument_work(layer: Any, model: nn.Module) -> dict[str, Callable[[], Any
     shared = trajectory()
 
     def lyapunov() -> Any:
-        few = sub_batch(layer, settings["lyapunov_sequences"])
-        sample = recompute(few.spec, few.inputs, few.outputs, few.initial, few.initial_cell)
-        return lyapunov_exponents(sample, settings["lyapunov_count"], settings["lyapunov_qr_every"])
+        sample = shared.head(settings["lyapunov_sequences"])  # the callbacks share one trajectory
+        return lyapunov_exponents(
+            sample,
+            settings["lyapunov_count"],
+            settings["lyapunov_qr_every"],
+            segment=settings["lyapunov_segment"],
+        )
 
     def parameters() -> Any:
         norms = exact_gradient_norms(model)
@@ -777,12 +781,12 @@ def _instrument_work(layer: Any, model: nn.Module) -> dict[str, Callable[[], Any
         }
         return norms, ratios
 
-    def verdict() -> Any:
-        profile = step_norms(layer.hidden_grad)
+    def verdict() -> Any:  # reads the probe's own norms (LayerBackward.hidden_profile)
+        profile = layer.hidden_profile()
         return float(log10_ratio(profile)), float(decay_rate(profile))
 
     def why() -> Any:
-        return step_norms(layer.hidden_grad), None if layer.cell_grad is None else step_norms(layer.cell_grad)
+        return layer.hidden_profile().cpu(), layer.cell_profile()
 
     work = {
         "trajectory": trajectory,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from rnnflow.models.fused import SigmoidRNN, fused_spec, initial_state, run_fuse
 from rnnflow.probes.activations import activation_stats
 from rnnflow.probes.credit import contribution_norms, credit_profile, early_share, step_deltas
 from rnnflow.probes.gates import gate_stats
-from rnnflow.probes.lyapunov import lyapunov_exponents
+from rnnflow.probes.lyapunov import lyapunov_exponents, segment_plan
 from rnnflow.probes.trajectory import recompute
 
 KINDS = ["tanh", "relu", "sigmoid", "lstm", "gru"]
@@ -219,6 +220,11 @@ def test_lyapunov_of_diagonal_is_sorted_log_entries():
 
 def _reference_exponents(layer, kind, x, count, seed=0):
     """QR iteration on autograd Jacobians of a hand-written step (joint (h, c) for the LSTM)."""
+    return _reference_logs(layer, kind, x, count, 0, 0, x.size(0), seed) / x.size(0)
+
+
+def _reference_logs(layer, kind, x, count, begin, count_from, end, seed=0):
+    """``Σ ln|R_ii|`` of a QR iteration started at step ``begin`` and counted over ``[count_from, end)``."""
     w_ih, w_hh, b_ih, b_hh = (p.detach() for p in layer.parameters())
     dim = 2 * HIDDEN if kind == "lstm" else HIDDEN
     start = torch.linalg.qr(
@@ -246,14 +252,16 @@ def _reference_exponents(layer, kind, x, count, seed=0):
             start.clone(),
             torch.zeros(count, dtype=torch.float64),
         )
-        for t in range(x.size(0)):
+        for t in range(end):
             xt = x[t, b]
-            jac = torch.autograd.functional.jacobian(lambda s, xt=xt: step(s, xt), state)
+            if t >= begin:
+                jac = torch.autograd.functional.jacobian(lambda s, xt=xt: step(s, xt), state)
+                q, r = torch.linalg.qr(jac @ v)
+                if t >= count_from:
+                    logs += r.diagonal().abs().log()
+                v = q
             state = step(state, xt)
-            q, r = torch.linalg.qr(jac @ v)
-            logs += r.diagonal().abs().log()
-            v = q
-        results.append(logs / x.size(0))
+        results.append(logs)
     return torch.stack(results)
 
 
@@ -266,6 +274,67 @@ def test_lyapunov_matches_autograd_jacobians(kind):
     exponents = lyapunov_exponents(recompute(spec, x, u, initial, cell), count=count)
     expected = _reference_exponents(layer, kind, x, count)
     torch.testing.assert_close(exponents, expected, rtol=1e-9, atol=1e-10)
+
+
+def test_segment_plan_partitions_the_sequence():
+    iterations, warmup, starts, counted = segment_plan(1000, 128)
+    assert (iterations, warmup) == (160, 32)
+    assert sum(counted) == 1000 and counted[0] == iterations and all(0 < c <= 128 for c in counted[1:])
+    # Segment s counts the steps right after segment s − 1's, after a warm-up of τ steps.
+    ends = np.cumsum(counted)
+    assert starts == [0, *(int(e) - warmup for e in ends[:-1])]
+    assert segment_plan(160, 128) == (160, 0, [0], [160])  # short: one pass
+    assert segment_plan(1000, None) == (1000, 0, [0], [1000])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("count", "qr_every"), [(1, 1), (1, 7), (2, 1)])
+def test_segmented_lyapunov_matches_autograd_jacobians_segment_by_segment(kind, count, qr_every):
+    """Each segment against the reference iteration started at its first warm-up step and counted
+    over its own steps (T = 47, segments of 8 counted steps + 2 warm-up: the last one short)."""
+    layer = make_layer(kind, seed=5)
+    x, _ = _data(steps=47, batch=2)
+    spec, u, initial, cell = fused_call(layer, x)
+    exponents = lyapunov_exponents(recompute(spec, x, u, initial, cell), count, qr_every, segment=8)
+    _, warmup, starts, counted = segment_plan(47, 8)
+    assert len(starts) == 6 and counted[-1] < 8
+    logs = sum(
+        _reference_logs(
+            layer,
+            kind,
+            x,
+            count,
+            start,
+            start + (0 if s == 0 else warmup),
+            start + (0 if s == 0 else warmup) + n,
+        )
+        for s, (start, n) in enumerate(zip(starts, counted, strict=True))
+    )
+    torch.testing.assert_close(exponents, logs / 47, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("rho", [0.3, 1.0, 1.7])
+@pytest.mark.parametrize("count", [1, 3])
+def test_segmented_lyapunov_of_scaled_orthogonal_is_log_rho(rho, count):
+    layer = scaled_orthogonal_layer(rho)
+    x, _ = _data(steps=300, batch=2)
+    spec, u, initial, _ = fused_call(layer, x)
+    exponents = lyapunov_exponents(recompute(spec, x, u, initial), count=count, qr_every=10, segment=40)
+    torch.testing.assert_close(exponents, torch.full((2, count), math.log(rho), dtype=torch.float64))
+
+
+def test_segmented_lyapunov_of_diagonal_is_sorted_log_entries():
+    layer = make_layer("tanh")
+    entries = torch.tensor([0.3, -1.2, 0.8, 0.05, -0.6], dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight_hh_l0.copy_(torch.diag(entries))
+        for name in ("weight_ih_l0", "bias_ih_l0", "bias_hh_l0"):
+            getattr(layer, name).zero_()
+    x = torch.zeros(4000, 2, INPUT, dtype=torch.float64)
+    spec, u, initial, _ = fused_call(layer, x)
+    exponents = lyapunov_exponents(recompute(spec, x, u, initial), count=2, segment=256)
+    expected = entries.abs().log().sort(descending=True).values[:2]
+    torch.testing.assert_close(exponents, expected.expand(2, 2), rtol=0, atol=5e-3)
 
 
 def test_lyapunov_qr_interval_keeps_top_exponent():
@@ -363,3 +432,42 @@ def test_lyapunov_long_qr_interval_stays_exact_beyond_float64_range(rho):
     for count in (1, 2):
         exponents = lyapunov_exponents(recompute(spec, x, u, initial), count=count, qr_every=50)
         torch.testing.assert_close(exponents, torch.full((2, count), math.log(rho), dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_consumers_share_one_trajectory_and_the_probes_norms(kind):
+    """A consumer's :class:`LayerBackward` carries the probe's own ``‖∂L/∂h_t‖`` (no second
+    reduction), and a request for fewer samples of the shared trajectory is served by its first
+    samples: the same quantities as a trajectory recomputed from those samples alone."""
+    from rnnflow.callbacks.trajectory import release, shared_trajectory, sub_batch
+    from rnnflow.probes.gradient_flow import GradientFlowProbe, frobenius_per_step
+
+    layer = make_layer(kind, seed=2)
+    x, weights = _data(steps=25, batch=6)
+    probe = GradientFlowProbe()
+    seen = []
+
+    def consume(call):
+        wide = shared_trajectory(call, 5)
+        narrow = shared_trajectory(call, 3)
+        part = sub_batch(call, 3)
+        alone = recompute(part.spec, part.inputs, part.outputs, part.initial, part.initial_cell)
+        seen.append((call, wide, narrow, alone))
+
+    probe.add_consumer(consume)
+    with probe.attach(layer):
+        (layer(x)[0] * weights).sum().backward()
+    flows = probe.gradient_flow()
+    release()
+    ((call, wide, narrow, alone),) = seen
+    assert narrow.outputs.size(1) == 3 and wide.outputs.size(1) == 5
+    assert narrow.preactivations.data_ptr() == wide.preactivations.data_ptr()  # views, not a recomputation
+    for name in ("previous", "preactivations", "cells", "previous_cells", "recurrent_n"):
+        if getattr(alone, name) is not None:
+            torch.testing.assert_close(getattr(narrow, name), getattr(alone, name), rtol=1e-12, atol=0)
+    (flow,) = flows.values()
+    assert torch.equal(call.hidden_profile(), flow.hidden)
+    assert torch.equal(call.hidden_profile(), frobenius_per_step(call.hidden_grad))
+    if kind == "lstm":
+        assert torch.equal(call.cell_profile(), flow.cell)
+    assert sub_batch(call, 3).hidden_norms is None  # a sub-batch reduces its own

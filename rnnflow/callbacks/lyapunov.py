@@ -18,30 +18,37 @@ import numpy as np
 import torch
 
 from rnnflow.callbacks.probe_listener import LayerInstrument
-from rnnflow.callbacks.trajectory import sub_batch
+from rnnflow.callbacks.trajectory import shared_trajectory
 from rnnflow.probes.gradient_flow import LayerBackward
 from rnnflow.probes.lyapunov import lyapunov_exponents
-from rnnflow.probes.trajectory import recompute
 
 log = logging.getLogger(__name__)
 
 
 class LyapunovMonitor(LayerInstrument[tuple[int, torch.Tensor]]):
     """Args: ``enabled``; ``count`` k of exponents; ``sequences`` samples used; ``qr_every`` steps
-    between re-orthonormalisations."""
+    between re-orthonormalisations; ``segment`` steps per segment iterated side by side (None: one
+    sequential pass; see :func:`rnnflow.probes.lyapunov.lyapunov_exponents`)."""
 
-    def __init__(self, enabled: bool = True, count: int = 1, sequences: int = 4, qr_every: int = 10) -> None:
+    def __init__(
+        self,
+        enabled: bool = True,
+        count: int = 1,
+        sequences: int = 4,
+        qr_every: int = 10,
+        segment: int | None = 128,
+    ) -> None:
         super().__init__(enabled, sequences)
         self.count = count
         self.qr_every = qr_every
+        self.segment = segment
         self.exponents: dict[str, torch.Tensor] = {}  # last probe: (k,) per layer
         self._warned: set[str] = set()
 
     def measure(self, layer: LayerBackward) -> tuple[int, torch.Tensor]:
-        part = sub_batch(layer, self.sequences)
-        trajectory = recompute(part.spec, part.inputs, part.outputs, part.initial, part.initial_cell)
+        trajectory = shared_trajectory(layer, self.sequences)
         dim = layer.spec.hidden_size * (2 if layer.spec.cell == "lstm" else 1)
-        exponents = lyapunov_exponents(trajectory, min(self.count, dim), self.qr_every)
+        exponents = lyapunov_exponents(trajectory, min(self.count, dim), self.qr_every, segment=self.segment)
         return trajectory.steps, exponents.mean(dim=0).cpu()
 
     def summarise(

@@ -18,7 +18,6 @@ import torch
 
 from rnnflow.callbacks.probe_listener import ProbeListener
 from rnnflow.models.fused import FusedSpec
-from rnnflow.probes.credit import step_norms
 from rnnflow.probes.gradient_flow import LayerBackward
 from rnnflow.probes.profile_stats import decay_rate, log10_ratio
 from rnnflow.report.verdict import verdict_lines
@@ -50,7 +49,7 @@ class VerdictMonitor(ProbeListener):
     ) -> None:
         if not self.enabled:
             return
-        self._profiles.setdefault(layer.name, []).append(step_norms(layer.hidden_grad).cpu())
+        self._profiles.setdefault(layer.name, []).append(layer.hidden_profile().cpu())
         self.kinds[layer.name] = (layer.spec.cell, nonlinearity_of(layer.spec))
 
     def on_probe_end(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:

@@ -30,7 +30,7 @@ from rnnflow.callbacks.logging import tensorboard_experiment
 from rnnflow.callbacks.lyapunov import LyapunovMonitor
 from rnnflow.callbacks.probe_listener import ProbeListener
 from rnnflow.callbacks.schedule import is_last_batch
-from rnnflow.probes.credit import early_share, step_norms
+from rnnflow.probes.credit import early_share
 from rnnflow.probes.gradient_flow import LayerBackward
 from rnnflow.probes.profile_stats import decay_fit
 
@@ -127,9 +127,10 @@ class WhyItVanishes(ProbeListener):
     ) -> None:
         if self.figure_every_n_steps is None or trainer.global_rank != 0:
             return
-        self._hidden.setdefault(layer.name, []).append(step_norms(layer.hidden_grad).cpu())
-        if layer.cell_grad is not None:
-            self._cell.setdefault(layer.name, []).append(step_norms(layer.cell_grad).cpu())
+        self._hidden.setdefault(layer.name, []).append(layer.hidden_profile().cpu())
+        cell = layer.cell_profile()
+        if cell is not None:
+            self._cell.setdefault(layer.name, []).append(cell.cpu())
 
     def on_probe_end(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         hidden, cells = self._hidden, self._cell

@@ -140,6 +140,7 @@ KEYS: tuple[Key, ...] = (
     Key("diagnostics.lyapunov_count", Integer(1), doc="at most the state dimension"),
     Key("diagnostics.lyapunov_sequences", Integer(1)),
     Key("diagnostics.lyapunov_qr_every", Integer(1)),
+    Key("diagnostics.lyapunov_segment", Integer(1), nullable=True, doc="null = one pass over all steps"),
     Key("diagnostics.credit", Flag(), doc="grad_flow/L/early_share"),
     Key("diagnostics.parameters", Flag(), doc="param_grad/*, params/L/*"),
     Key("diagnostics.explain_sequences", Integer(1), nullable=True),

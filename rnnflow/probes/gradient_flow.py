@@ -465,6 +465,9 @@ class LayerBackward:
         initial: ``u_{-1}`` ``(B, H)``; ``initial_cell``: ``c_{-1}`` ``(B, H)`` (LSTM) or None.
         hidden_grad: total ``∂L/∂h_t`` ``(T, B, H)`` (float32 or wider).
         cell_grad: total ``∂L/∂c_t`` ``(T, B, H)`` (LSTM) or None.
+        hidden_norms: the probe's own ``(T,)`` float64 ``‖∂L/∂h_t‖_F`` (:func:`frobenius_per_step`),
+            handed over so that no consumer reduces ``hidden_grad`` again; None on a sub-batch.
+        cell_norms: the same for ``∂L/∂c_t`` (LSTM) or None.
     """
 
     name: str
@@ -475,6 +478,18 @@ class LayerBackward:
     initial_cell: torch.Tensor | None
     hidden_grad: torch.Tensor
     cell_grad: torch.Tensor | None
+    hidden_norms: torch.Tensor | None = None
+    cell_norms: torch.Tensor | None = None
+
+    def hidden_profile(self) -> torch.Tensor:
+        """``(T,)`` float64 ``‖∂L/∂h_t‖_F``: the probe's norms, or computed here on a sub-batch."""
+        return self.hidden_norms if self.hidden_norms is not None else frobenius_per_step(self.hidden_grad)
+
+    def cell_profile(self) -> torch.Tensor | None:
+        """``(T,)`` float64 ``‖∂L/∂c_t‖_F`` (LSTM) or None."""
+        if self.cell_grad is None:
+            return None
+        return self.cell_norms if self.cell_norms is not None else frobenius_per_step(self.cell_grad)
 
 
 @dataclass
@@ -560,21 +575,24 @@ class GradientFlowProbe:
         """Turn the calls since the last backward into profiles (and consumers' records); frees them."""
         for call in self.calls:
             dh, dc = total_hidden_gradients(call.record, grad_scale)
+            flow = LayerGradientFlow(frobenius_per_step(dh), None if dc is None else frobenius_per_step(dc))
             if self.consumers:
-                layer = self._layer_backward(call, dh, dc)
+                layer = self._layer_backward(call, dh, dc, flow)
                 for consumer in self.consumers:
                     consumer(layer)
-            cell = None if dc is None else frobenius_per_step(dc)
-            self.collected.setdefault(call.name, []).append(LayerGradientFlow(frobenius_per_step(dh), cell))
+            self.collected.setdefault(call.name, []).append(flow)
         self.calls.clear()
 
     @staticmethod
-    def _layer_backward(call: _ProbedCall, dh: torch.Tensor, dc: torch.Tensor | None) -> LayerBackward:
+    def _layer_backward(
+        call: _ProbedCall, dh: torch.Tensor, dc: torch.Tensor | None, flow: LayerGradientFlow
+    ) -> LayerBackward:
         spec = call.spec
         u = call.record.raw_output if isinstance(call.record, ProbedLayer) else call.record.output
         u = u.detach()  # both routes keep u time-major
         h0, c0 = call.state if isinstance(call.state, tuple) else (call.state, None)
-        return LayerBackward(call.name, spec, call.inputs, u, h0[0], None if c0 is None else c0[0], dh, dc)
+        c0 = None if c0 is None else c0[0]
+        return LayerBackward(call.name, spec, call.inputs, u, h0[0], c0, dh, dc, flow.hidden, flow.cell)
 
     def gradient_flow(self, grad_scale: float = 1.0) -> dict[str, LayerGradientFlow]:
         """One profile per layer over the whole sequence (chunks concatenated in call order)."""

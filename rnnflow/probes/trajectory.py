@@ -48,6 +48,20 @@ class Trajectory:
     def steps(self) -> int:
         return self.outputs.size(0)
 
+    def head(self, samples: int) -> Trajectory:
+        """The trajectory of the first ``samples`` samples (views; every quantity is per sample)."""
+        if samples >= self.outputs.size(1):
+            return self
+
+        def cut(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor[:, :samples]
+
+        return Trajectory(
+            self.spec,
+            *(cut(t) for t in (self.inputs, self.outputs, self.previous)),
+            *(cut(t) for t in (self.preactivations, self.cells, self.previous_cells, self.recurrent_n)),
+        )
+
     def gate(self, index: int) -> torch.Tensor:
         """Pre-activation block ``index`` (gate order ``i f g o`` / ``r z n``), ``(T, B, H)``."""
         assert self.preactivations is not None, "the rnn cell has no gates"
