@@ -34,7 +34,7 @@ class LyapunovMonitor(LayerInstrument[tuple[int, torch.Tensor]]):
         self,
         enabled: bool = True,
         count: int = 1,
-        sequences: int = 4,
+        sequences: int = 2,
         qr_every: int = 10,
         segment: int | None = 128,
     ) -> None:
