@@ -27,10 +27,13 @@ def build_task_from_config(cfg: DictConfig) -> SyntheticTask:
 
 
 def build_model(cfg: DictConfig, task: SyntheticTask) -> RecurrentNet:
+    # Every key below has its one default in conf/model/<cell>.yaml (declared in rnnflow.config.schema);
+    # ``model.nonlinearity`` exists for the vanilla RNN only.
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    init = model_cfg.get("init") or {}
-    if init.get("forget_bias") == "chrono" and init.get("chrono_max") is None:
+    init = model_cfg["init"]
+    if init["forget_bias"] == "chrono" and init["chrono_max"] is None:
         init["chrono_max"] = cfg.task.seq_len  # chrono's T_max: the task's length by default
+    options = {"nonlinearity": model_cfg["nonlinearity"]} if model_cfg["cell"] == "rnn" else {}
     return RecurrentNet(
         cell=model_cfg["cell"],
         input_size=task.input_size,
@@ -39,10 +42,10 @@ def build_model(cfg: DictConfig, task: SyntheticTask) -> RecurrentNet:
         output_size=task.output_size,
         readout=task.readout,
         vocab_size=task.vocab_size,
-        nonlinearity=model_cfg.get("nonlinearity", "tanh"),
-        residual=model_cfg.get("residual", False),
-        layer_norm=model_cfg.get("layer_norm", False),
+        residual=model_cfg["residual"],
+        layer_norm=model_cfg["layer_norm"],
         init=init,
+        **options,
     )
 
 
