@@ -25,10 +25,19 @@ satisfies ``ln α ≈ λ_1``. For ``J_t = ρ Q`` (a tanh RNN at ``h = 0`` with `
 input weights and biases) every exponent is ``ln ρ`` exactly; for a diagonal ``W_hh`` they are
 the sorted ``ln |W_ii|``.
 
-The iteration runs in float64, batched over the samples (``(n, d, k)``). A direction mapped to
-exactly zero (e.g. every ReLU unit off at one step) has ``ln 0 = −∞``: the exponent is then
-``−inf``, which is the exact value (the perturbation is annihilated), not an overflow.
-Cost: T sequential steps of one ``(G·H, H) @ (H, n·k)`` product and a few elementwise ops.
+The iteration runs in float64 (a derivative such as σ'(a) = e^−100 stays exact; float32 would
+flush it to zero), batched over the samples, the k vectors of each stored as rows ``(n, k, d)``.
+A direction mapped to exactly zero (e.g. every ReLU unit off at one step) has ``ln 0 = −∞``: the
+exponent is then ``−inf``, which is the exact value (the perturbation is annihilated), not an
+overflow.
+
+Segments: the T steps are sequential, and at the sizes of a probe (H ~ 128, a few samples) each
+step is a small product dominated by per-operation overhead. With ``segment`` = L the trajectory is
+cut into pieces of L counted steps that are iterated side by side as extra rows
+(:func:`segment_plan`): about ``1.25 L`` sequential steps of one ``(S·n·k, H) @ (H, G·H)`` product
+instead of T steps of an ``(n·k, H)`` one. Each segment but the first starts ``L/4`` steps early
+(its warm-up, not counted), so that its vectors have turned towards the leading directions when
+its counted steps begin.
 """
 
 from __future__ import annotations
@@ -36,29 +45,6 @@ from __future__ import annotations
 import torch
 
 from rnnflow.probes.trajectory import Trajectory
-
-
-def _step_coefficients(trajectory: Trajectory) -> list[torch.Tensor]:
-    """Per-step elementwise factors of the Jacobian-vector product, time-major ``(T, n, ·)``."""
-    spec = trajectory.spec
-    u = trajectory.outputs.double()
-    if spec.cell == "rnn":
-        slope = (u > 0).double() if spec.kernel == "rnn_relu" else 1 - u.square()
-        return [slope]
-    hidden = spec.hidden_size
-    a = trajectory.preactivations.double()
-    if spec.cell == "lstm":
-        i, f, o = (torch.sigmoid(a[..., k * hidden : (k + 1) * hidden]) for k in (0, 1, 3))
-        g = torch.tanh(a[..., 2 * hidden : 3 * hidden])
-        c_prev, tanh_c = trajectory.previous_cells.double(), torch.tanh(trajectory.cells.double())
-        into_cell = torch.cat([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g.square())], dim=-1)
-        return [f, into_cell, tanh_c * o * (1 - o), o * (1 - tanh_c.square())]
-    r, z = torch.sigmoid(a[..., :hidden]), torch.sigmoid(a[..., hidden : 2 * hidden])
-    n = torch.tanh(a[..., 2 * hidden :])
-    m = trajectory.recurrent_n.double()
-    through_n = (1 - z) * (1 - n.square())
-    return [z, (trajectory.previous.double() - n) * z * (1 - z), through_n * r, through_n * m * r * (1 - r)]
-
 
 State = tuple[torch.Tensor, ...]  # (v,) or, for the LSTM, (v_h, v_c); each (N, k, ·), rows = vectors
 
@@ -187,9 +173,7 @@ def lyapunov_exponents(
     times = times.clamp_(max=steps - 1).reshape(-1)
     coefficients = _step_coefficients(trajectory)
     if segments > 1:
-        coefficients = [
-            c[times].view(iterations, segments * samples, c.size(-1)) for c in coefficients
-        ]
+        coefficients = [c[times].view(iterations, segments * samples, c.size(-1)) for c in coefficients]
     per_step = list(zip(*(c.unsqueeze(-2).unbind(0) for c in coefficients), strict=True))
     w_hh_t = spec.weights[1].detach().to(device, torch.float64).T.contiguous()
     generator = torch.Generator().manual_seed(seed)
