@@ -63,9 +63,16 @@ def test_a_run_ends_with_its_summary_and_the_resume_command_works(tmp_path, pyth
     # The printed resume command continues the run in its own directory, to twice the steps.
     resume = re.search(r"resume:\s+python scripts/train.py (.*)", summary).group(1)
     assert "trainer.max_steps=20" in resume and resume.count("trainer.max_steps") == 1
-    resumed = _train(python, *shlex.split(resume))
+    launch = tmp_path / "resume_launch"  # where Hydra records this launch (else under the repo's logs/)
+    resumed = _train(python, *shlex.split(resume), f"hydra.run.dir={launch}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "rnnflow: run finished after 20 steps" in resumed.stdout + resumed.stderr
+    # The continued run's train.log tells both launches; Hydra's record of the resume keeps its own.
+    log_text = (run_dir / "train.log").read_text()
+    assert "run finished after 10 steps" in log_text and "run finished after 20 steps" in log_text
+    assert log_text.count("Trainer.fit` stopped") == 2
+    assert "run finished after 20 steps" in (launch / "train.log").read_text()
+    assert sorted(p.name for p in launch.iterdir()) == [".hydra", "train.log"]
     assert load_profiles(run_dir).steps("layer0").tolist() == [0, 5, 9, 10, 15, 19]
 
 

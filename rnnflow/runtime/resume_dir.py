@@ -11,12 +11,16 @@ original run's (``<run>/.hydra/overrides.yaml``) in anything that defines the ex
 branching off one checkpoint (``-m ckpt_path=... optim.lr=1e-3,1e-4``) do not overwrite the
 original run and each other. Run mechanics may change freely: ``trainer.*`` (``max_steps``,
 devices, precision, logging), ``diagnostics.*``, ``hydra.*``, ``paths.*``, ``debug``.
+
+The continued run's ``train.log`` gets the resumed launch's log lines too (:func:`log_into`,
+appended, the same format as Hydra's log file), so that it tells the whole story of the run.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -76,3 +80,26 @@ def resume_run_dir(ckpt_path: str | None, overrides: Iterable[str] | None = None
             )
             return None
     return run_dir
+
+
+@contextmanager
+def log_into(run_dir: Path, launch_dir: Path) -> Iterator[None]:
+    """While the block runs, append the root logger's lines to ``<run_dir>/train.log`` as well.
+
+    ``launch_dir`` is Hydra's output dir of this launch, whose own log file keeps its lines. Nothing
+    is added where the two are the same dir, or where no file handler (Hydra's) is configured.
+    """
+    root = logging.getLogger()
+    hydra_files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    if Path(run_dir).resolve() == Path(launch_dir).resolve() or not hydra_files:
+        yield
+        return
+    handler = logging.FileHandler(Path(run_dir) / "train.log", mode="a", encoding="utf-8")
+    handler.setFormatter(hydra_files[0].formatter)
+    handler.setLevel(hydra_files[0].level)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()

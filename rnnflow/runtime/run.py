@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -17,7 +18,7 @@ from rnnflow.runtime.devices import check_launch, pin_job_to_gpu
 from rnnflow.runtime.host_settings import HostSettings
 from rnnflow.runtime.memory import check_memory
 from rnnflow.runtime.resume import check_resume
-from rnnflow.runtime.resume_dir import resume_run_dir
+from rnnflow.runtime.resume_dir import log_into, resume_run_dir
 from rnnflow.runtime.run_end import HParamsSummary, ValidateAtEnd, hparam_columns
 from rnnflow.runtime.run_lock import RunDirLock
 from rnnflow.runtime.slurm import check_job, requeued_checkpoint
@@ -47,7 +48,8 @@ def train(cfg: DictConfig, multirun: bool = False, job_number: int | None = None
         cfg.paths.output_dir = str(run_dir)
     if cfg.get("ckpt_path") is not None:
         check_resume(cfg, cfg.ckpt_path)
-    with RunDirLock(cfg.paths.output_dir):
+    launch_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.paths.output_dir
+    with RunDirLock(cfg.paths.output_dir), log_into(Path(cfg.paths.output_dir), Path(launch_dir)):
         return _fit(cfg, multirun, job_number, overrides)
 
 
