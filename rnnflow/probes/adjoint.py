@@ -37,6 +37,7 @@ product per step. The parameter gradients come from batched GEMMs afterwards:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,28 +164,60 @@ def _recurrent_gemm_(
         offset += len(piece)
 
 
-def _step_inputs(xs: torch.Tensor, us: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """``(T·B, H + I + 1)``: the rows ``[u_{t-1} | x_t | 1]`` that every step's gates are linear in."""
-    steps, batch, hidden = us.shape
-    rows = us.new_empty(steps, batch, hidden + xs.size(-1) + 1)
-    rows[0, :, :hidden] = h0
-    rows[1:, :, :hidden] = us[:-1]
-    rows[:, :, hidden:-1] = xs
-    rows[:, :, -1] = 1
-    return rows.view(steps * batch, -1)
+_ROWS_ELEMENTS = 1 << 20
+"""Size of the reused ``[u_{t-1} | x_t | 1]`` row buffer of :func:`_parameter_grads` (4 MiB in
+float32): materialising those rows for all T steps at once would add a ``(T, B, H + I + 1)`` copy,
+as large as ∂L/∂u itself, to the probe step's peak memory."""
+
+
+DeltaBlock = Callable[[int, int], torch.Tensor]  # (start, stop) -> δ of those steps, ((stop - start)·B, R)
 
 
 def _parameter_grads(
-    delta: torch.Tensor, step_inputs: torch.Tensor, hidden: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(∂L/∂W_hh, ∂L/∂W_ih, Σ δ)`` from rows ``δ`` ``(T·B, R)``: one GEMM ``[u_{t-1} | x_t | 1]ᵀ δ``.
+    delta: torch.Tensor | DeltaBlock,
+    xs: torch.Tensor,
+    us: torch.Tensor,
+    h0: torch.Tensor,
+    with_hidden: bool = True,
+    input_grad: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """``(∂L/∂W_hh, ∂L/∂W_ih, Σ δ)`` from ``δ`` ``(T·B, R)``: ``Σ_t [u_{t-1} | x_t | 1]ᵀ δ_t``.
 
-    The column of ones makes the bias gradient one more row of the weight gradients' product,
-    which streams ``δ`` through memory once. ``vᵀ δ`` rather than ``δᵀ v``: with a narrow ``v``
-    (a first layer's few inputs) MKL runs the latter about 10x slower.
+    ``delta`` may be a function giving δ block by block (the RNN's, computed from ∂L/∂u rather than
+    kept for all steps); ``input_grad = (out, W_ih)`` also writes ``∂L/∂x_t = δ_t W_ih`` into
+    ``out`` ``(T, B, I)`` in the same pass.
+
+    The rows ``[u_{t-1} | x_t | 1]`` (``[x_t | 1]`` without ``with_hidden``; ∂L/∂W_hh is then None)
+    are built block by block of steps in one reused buffer and their products accumulated. The
+    column of ones makes the bias gradient one more row of the weight gradients' product, which
+    streams ``δ`` through memory once. ``vᵀ δ`` rather than ``δᵀ v``: with a narrow ``v`` (a first
+    layer's few inputs) MKL runs the latter about 10x slower.
     """
-    product = step_inputs.T @ delta
-    return product[:hidden].T.contiguous(), product[hidden:-1].T.contiguous(), product[-1].clone()
+    steps, batch, hidden = us.shape
+    first = hidden if with_hidden else 0
+    width = first + xs.size(-1) + 1
+    block = max(1, min(steps, _ROWS_ELEMENTS // (batch * width)))
+    rows = us.new_empty(block, batch, width)
+    rows[..., -1] = 1
+    product: torch.Tensor | None = None
+    for start in range(0, steps, block):
+        stop = min(steps, start + block)
+        part = rows[: stop - start]
+        if with_hidden:
+            offset = 0
+            for piece in _previous(us, h0, start, stop):
+                part[offset : offset + len(piece), :, :hidden] = piece
+                offset += len(piece)
+        part[:, :, first:-1] = xs[start:stop]
+        rows_delta = delta(start, stop) if callable(delta) else delta[start * batch : stop * batch]
+        if product is None:
+            product = us.new_zeros(width, rows_delta.size(-1))
+        product.addmm_(part.view(-1, width).T, rows_delta)
+        if input_grad is not None:
+            out, w_ih = input_grad
+            torch.mm(rows_delta, w_ih, out=out[start:stop].view(-1, w_ih.size(1)))
+    grad_w_hh = product[:hidden].T.contiguous() if with_hidden else None
+    return grad_w_hh, product[first:-1].T.contiguous(), product[-1].clone()
 
 
 def _rnn_adjoint(
@@ -193,20 +226,40 @@ def _rnn_adjoint(
 ) -> _Adjoint:  # fmt: skip
     """``du`` holds the direct gradient on entry and ∂L/∂u on return.
 
-    ``δ`` starts as the slopes ``φ'(a_t)``; the loop multiplies ``∂L/∂u_t`` into it in place.
-    Loops run over ``unbind`` views made once: a view made per step costs as much as an operation.
+    ``δ_t = φ'(a_t) ⊙ ∂L/∂u_t`` is not kept for all steps (a ``(T, B, H)`` buffer as large as
+    ``du``, the probe step's peak memory): the loop needs only ``δ_{t+1}`` (two rows, swapped), and
+    the parameter and input gradients recompute δ block by block from ``du`` and ``u``, with the
+    same operations and so the same values. Loops run over ``unbind`` views made once: a view made
+    per step costs as much as an operation.
     """
-    delta = torch.addcmul(torch.ones_like(us), us, us, value=-1) if kernel == "rnn_tanh" else (us > 0).to(us)
-    du_rows, delta_rows = du.unbind(0), delta.unbind(0)
+    tanh = kernel == "rnn_tanh"
+    mask = None if tanh else us > 0
+
+    def delta_of(grads: torch.Tensor, outputs: torch.Tensor, active: torch.Tensor | None, out: torch.Tensor):
+        if tanh:  # (1 - u²) ⊙ ∂L/∂u, the fused kernel's order of operations
+            slope = torch.addcmul(torch.ones_like(outputs), outputs, outputs, value=-1, out=out)
+            return slope.mul_(grads)
+        return torch.mul(grads, active, out=out)
+
+    du_rows, u_rows = du.unbind(0), us.unbind(0)
+    mask_rows = mask.unbind(0) if mask is not None else [None] * len(u_rows)
+    current, spare = torch.empty_like(du_rows[0]), torch.empty_like(du_rows[0])
     last = len(du_rows) - 1
-    delta_rows[last].mul_(du_rows[last])
+    delta_of(du_rows[last], u_rows[last], mask_rows[last], current)
     for t in range(last - 1, -1, -1):
-        du_rows[t].addmm_(delta_rows[t + 1], w_hh)
-        delta_rows[t].mul_(du_rows[t])
-    flat = delta.flatten(0, 1)
-    grad_w_hh, grad_w_ih, grad_b = _parameter_grads(flat, _step_inputs(xs, us, h0), us.size(-1))
-    grad_x = delta @ w_ih if need_x else None
-    return _Adjoint(du, None, delta[0] @ w_hh, None, grad_w_ih, grad_w_hh, grad_b, grad_b, grad_x)
+        du_rows[t].addmm_(current, w_hh)
+        current, spare = delta_of(du_rows[t], u_rows[t], mask_rows[t], spare), current
+    grad_h0 = current @ w_hh  # δ_0
+
+    def delta_block(start: int, stop: int) -> torch.Tensor:
+        active = None if mask is None else mask[start:stop]
+        block = delta_of(du[start:stop], us[start:stop], active, torch.empty_like(du[start:stop]))
+        return block.flatten(0, 1)
+
+    grad_x = xs.new_empty(xs.shape) if need_x else None
+    input_grad = None if grad_x is None else (grad_x, w_ih)
+    grad_w_hh, grad_w_ih, grad_b = _parameter_grads(delta_block, xs, us, h0, input_grad=input_grad)
+    return _Adjoint(du, None, grad_h0, None, grad_w_ih, grad_w_hh, grad_b, grad_b, grad_x)
 
 
 # PyTorch's LSTM gate order is i f g o; the loop keeps i f o g, so that one sigmoid covers three.
@@ -317,8 +370,7 @@ class _LSTMForward:
             g_rows[t].mul_(dc_rows[t])
             o_rows[t].mul_(du_rows[t])
         flat = self.gates.view(steps * batch, width)
-        step_inputs = _step_inputs(self.xs, self.outputs, self.h0)
-        grad_w_hh, grad_w_ih, grad_b = _parameter_grads(flat, step_inputs, hidden)
+        grad_w_hh, grad_w_ih, grad_b = _parameter_grads(flat, self.xs, self.outputs, self.h0)
         grad_x = self.gates @ _to_ifog(self.w_ih) if need_x else None
         grad_h0 = self.gates[0] @ w_hh
         grad_b = _from_ifog(grad_b)
@@ -379,10 +431,9 @@ def _gru_adjoint(
     nu.mul_(du)
     grad_h0 = torch.addmm(du[0] * z_rows[0], delta[0], w_hh)
     flat, nu_flat = delta.flatten(0, 1), nu.flatten(0, 1)
-    step_inputs = _step_inputs(xs, us, h0)
     # Hidden side: all of δ; input side: δ's r and z blocks, and ν in place of the n block.
-    grad_w_hh, grad_w_ih, grad_b_hh = _parameter_grads(flat, step_inputs, hidden)
-    _, grad_w_in, grad_b_in = _parameter_grads(nu_flat, step_inputs[:, hidden:], 0)
+    grad_w_hh, grad_w_ih, grad_b_hh = _parameter_grads(flat, xs, us, h0)
+    _, grad_w_in, grad_b_in = _parameter_grads(nu_flat, xs, us, h0, with_hidden=False)
     grad_w_ih[2 * hidden :] = grad_w_in
     grad_b_ih = torch.cat([grad_b_hh[: 2 * hidden], grad_b_in])
     grad_x = None
