@@ -109,3 +109,22 @@ def test_help_is_rnnflows_own(python):
     assert "model.hidden_size=64" in text and "task.seq_len=50" in text and "trainer.max_steps=2000" in text
     assert "== Examples ==" in text and text.count("python scripts/train.py ") >= 3
     assert "Powered by Hydra" not in text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/tmp/runs/a/checkpoints/last.ckpt",
+        "/tmp/multirun/0_model=rnn,seed=0/last.ckpt",
+        "/tmp/my runs/it's [1]/last.ckpt",
+    ],
+)
+def test_printed_ckpt_path_parses_back_through_the_shell_and_hydra(path):
+    """The resume and interrupt lines print ``ckpt_path`` so that a copy-paste gives Hydra the path."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from rnnflow.config.command_line import shell_override
+
+    (word,) = shlex.split(shell_override("ckpt_path", path))
+    (override,) = OverridesParser.create().parse_overrides([word])
+    assert override.key_or_group == "ckpt_path" and override.value() == path

@@ -14,6 +14,7 @@ interval sweeps are left out. Hydra flags other than ``-m``/``--multirun`` (``--
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -136,3 +137,15 @@ def _is_trainer_argument(name: str) -> bool:
     import lightning as L
 
     return name in inspect.signature(L.Trainer.__init__).parameters
+
+
+# Hydra override values need quoting when they hold characters of its grammar (a sweep job's
+# directory name holds '=' and ',').
+_HYDRA_SPECIAL = set("=,[]{}()'\" ")
+
+
+def shell_override(key: str, value: str) -> str:
+    """``key=value`` as one shell word that Hydra parses back to ``value`` (quoted where needed)."""
+    if any(char in _HYDRA_SPECIAL for char in value):
+        value = "'" + value.replace("'", "\\'") + "'"
+    return shlex.quote(f"{key}={value}")

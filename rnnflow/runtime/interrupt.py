@@ -37,6 +37,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from rnnflow.config.command_line import shell_override
 from rnnflow.runtime.checkpoint import RunCheckpoint
 from rnnflow.runtime.slurm import SlurmJob
 
@@ -152,13 +153,15 @@ class InterruptCheckpoint(Checkpoint):
         # On stderr as well as the log: the one line a user needs after Ctrl-C or a pre-emption.
         if saved:
             print(
-                f"rnnflow: interrupted at step {trainer.global_step}; resume with ckpt_path={saved[0].path}",
+                f"rnnflow: interrupted at step {trainer.global_step}; resume with "
+                f"{shell_override('ckpt_path', str(saved[0].path))}",
                 file=sys.stderr,
             )
         elif checkpoints and checkpoints[0].path.is_file():
             print(
                 f"rnnflow: interrupted at step {trainer.global_step}, a state that is not good (see the "
-                f"warning above); resume from the last good state with ckpt_path={checkpoints[0].path}",
+                f"warning above); resume from the last good state with "
+                f"{shell_override('ckpt_path', str(checkpoints[0].path))}",
                 file=sys.stderr,
             )
         else:

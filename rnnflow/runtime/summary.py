@@ -37,15 +37,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rnnflow.callbacks.clipping import ClipMonitor
 from rnnflow.callbacks.logging import batch_step
 from rnnflow.callbacks.verdict import VerdictMonitor
+from rnnflow.config.command_line import shell_override
 from rnnflow.report.profiles import ProfileReader, load_profiles
 from rnnflow.report.verdict import verdict_lines
 from rnnflow.runtime.run_end import layer_headline
 
 log = logging.getLogger("rnnflow")
-
-# Hydra override values need quoting when they hold characters of its grammar (a sweep job's
-# directory name holds '=' and ',').
-_HYDRA_SPECIAL = set("=,[]{}()'\" ")
 
 
 def route_lightning_logs() -> None:
@@ -63,12 +60,6 @@ def route_lightning_logs() -> None:
             if type(handler) is logging.StreamHandler:
                 logger.removeHandler(handler)
         logger.propagate = True
-
-
-def _override(key: str, value: str) -> str:
-    if any(char in _HYDRA_SPECIAL for char in value):
-        value = "'" + value.replace("'", "\\'") + "'"
-    return shlex.quote(f"{key}={value}")
 
 
 def _metric(trainer: L.Trainer, name: str) -> float:
@@ -149,7 +140,7 @@ class RunSummary(L.Callback):
             parts = [
                 "python scripts/train.py",
                 *map(shlex.quote, kept),
-                _override("ckpt_path", str(checkpoint)),
+                shell_override("ckpt_path", str(checkpoint)),
             ]
             if how == "finished":
                 parts.append(f"trainer.max_steps={2 * max(trainer.max_steps, steps, 1)}")
