@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import ROOT
 
 from benchmarks.host_memory import __name__ as CHILD
@@ -30,3 +31,17 @@ def test_kept_memory_stops_page_faults_of_a_training_step():
     kept = page_faults_per_step(keep=True)
     assert returned > 5000  # measured ~48,000 (4 KiB pages); far fewer only with huge pages
     assert kept < returned / 10  # measured 0
+
+
+def test_flush_denormal_follows_the_setting_both_ways():
+    """``cpu_flush_denormal=false`` keeps subnormals even after a run in this process turned flushing on."""
+    from rnnflow.runtime.host_settings import apply_host_settings
+
+    subnormal = 1e-323  # float64's subnormal range
+    try:
+        apply_host_settings(flush_denormal=True, keep_freed_memory=False)
+        assert float(torch.tensor([subnormal], dtype=torch.float64)) == 0.0
+        apply_host_settings(flush_denormal=False, keep_freed_memory=False)
+        assert float(torch.tensor([subnormal], dtype=torch.float64)) > 0.0
+    finally:
+        torch.set_flush_denormal(True)  # rnnflow's default, as the training runs of this process set it

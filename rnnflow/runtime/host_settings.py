@@ -76,11 +76,12 @@ def keep_freed_host_memory() -> bool:
 def apply_host_settings(flush_denormal: bool, keep_freed_memory: bool) -> bool:
     """Set this process's CPU settings (process state, not part of the model).
 
-    Returns whether freed host memory is now kept. Settings that are off are left as the process
-    has them: glibc's allocator cannot be put back to a fresh process's state anyway.
+    Returns whether freed host memory is now kept. Flushing is set either way (a run with
+    ``cpu_flush_denormal=false`` keeps subnormals even after an earlier run in the same process
+    turned flushing on); keeping freed memory, when off, is left as the process has it: glibc's
+    allocator cannot be put back to a fresh process's state.
     """
-    if flush_denormal:
-        torch.set_flush_denormal(True)
+    torch.set_flush_denormal(flush_denormal)
     return keep_freed_host_memory() if keep_freed_memory else False
 
 
