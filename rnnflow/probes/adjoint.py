@@ -234,11 +234,11 @@ def _rnn_adjoint(
     """
     tanh = kernel == "rnn_tanh"
     mask = None if tanh else us > 0
+    one = torch.ones_like(us[0])  # (B, H), broadcast over a block's steps
 
     def delta_of(grads: torch.Tensor, outputs: torch.Tensor, active: torch.Tensor | None, out: torch.Tensor):
         if tanh:  # (1 - u²) ⊙ ∂L/∂u, the fused kernel's order of operations
-            slope = torch.addcmul(torch.ones_like(outputs), outputs, outputs, value=-1, out=out)
-            return slope.mul_(grads)
+            return torch.addcmul(one, outputs, outputs, value=-1, out=out).mul_(grads)
         return torch.mul(grads, active, out=out)
 
     du_rows, u_rows = du.unbind(0), us.unbind(0)
