@@ -389,7 +389,8 @@ def test_gram_identity_against_outer_products():
 
 
 @pytest.mark.parametrize("count", [1, 2])
-def test_lyapunov_of_annihilating_dynamics_is_minus_infinity_not_nan(count):
+@pytest.mark.parametrize("segment", [None, 4])  # one pass; segments (their warm-ups annihilated too)
+def test_lyapunov_of_annihilating_dynamics_is_minus_infinity_not_nan(count, segment):
     """ReLU units all off (zero weights): every Jacobian is 0, the exact exponent is −∞."""
     layer = make_layer("relu")
     with torch.no_grad():
@@ -397,7 +398,7 @@ def test_lyapunov_of_annihilating_dynamics_is_minus_infinity_not_nan(count):
             p.zero_()
     x, _ = _data()
     spec, u, initial, _ = fused_call(layer, x)
-    exponents = lyapunov_exponents(recompute(spec, x, u, initial), count=count)
+    exponents = lyapunov_exponents(recompute(spec, x, u, initial), count=count, segment=segment)
     assert torch.equal(exponents, torch.full_like(exponents, -math.inf))
 
 
