@@ -34,7 +34,7 @@ class LyapunovMonitor(LayerInstrument[tuple[int, torch.Tensor]]):
         self,
         enabled: bool = True,
         count: int = 1,
-        sequences: int = 2,
+        sequences: int = 1,
         qr_every: int = 10,
         segment: int | None = 128,
     ) -> None:

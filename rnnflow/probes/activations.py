@@ -56,9 +56,10 @@ def derivatives(trajectory: Trajectory) -> tuple[torch.Tensor, float, str]:
         if scale == 1.0:
             return slope, 1.0, "tanh"
         return slope.mul_(scale * scale), scale * scale, "sigmoid"
+    slope = 1 - trajectory.gate_value(2).square()
     if spec.cell == "lstm":
-        return 1 - torch.tanh(trajectory.gate(2)).square(), 1.0, "lstm candidate g (tanh)"
-    return 1 - torch.tanh(trajectory.gate(2)).square(), 1.0, "gru candidate n (tanh)"
+        return slope, 1.0, "lstm candidate g (tanh)"
+    return slope, 1.0, "gru candidate n (tanh)"
 
 
 def activation_stats(trajectory: Trajectory, threshold: float = SATURATION_THRESHOLD) -> ActivationStats:

@@ -50,14 +50,11 @@ def step_deltas(
             trajectory.previous if (scale, shift) == (1.0, 0.0) else trajectory.previous * scale + shift
         )
         return slope.mul_(dh), previous
-    hidden = spec.hidden_size
-    a = trajectory.preactivations
     if spec.cell == "lstm":
         if cell_grad is None:
             raise ValueError("the LSTM's credit needs the total cell-state gradient ∂L/∂c_t")
         dc = cell_grad.to(dh.dtype)
-        i, f, o = (torch.sigmoid(a[..., k * hidden : (k + 1) * hidden]) for k in (0, 1, 3))
-        g = torch.tanh(a[..., 2 * hidden : 3 * hidden])
+        i, f, g, o = (trajectory.gate_value(k) for k in range(4))
         blocks = [
             dc * g * i * (1 - i),
             dc * trajectory.previous_cells * f * (1 - f),
@@ -65,8 +62,7 @@ def step_deltas(
             dh * torch.tanh(trajectory.cells) * o * (1 - o),
         ]
         return torch.cat(blocks, dim=-1), trajectory.previous
-    r, z = torch.sigmoid(a[..., :hidden]), torch.sigmoid(a[..., hidden : 2 * hidden])
-    n = torch.tanh(a[..., 2 * hidden :])
+    r, z, n = (trajectory.gate_value(k) for k in range(3))
     delta_n = dh * (1 - z) * (1 - n.square())
     blocks = [
         delta_n * trajectory.recurrent_n * r * (1 - r),

@@ -79,7 +79,7 @@ def gate_stats(trajectory: Trajectory) -> GateStats:
     if cell not in GATE_NAMES:
         raise ValueError(f"gate statistics need an lstm or gru layer, got {cell}")
     means = {
-        name: float(torch.sigmoid(trajectory.gate(index)).double().mean())
+        name: float(trajectory.gate_value(index).double().mean())
         for name, index in GATE_NAMES[cell].items()
     }
     memory = MEMORY_GATE[cell]

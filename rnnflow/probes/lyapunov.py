@@ -82,16 +82,18 @@ def _step_coefficients(trajectory: Trajectory) -> list[torch.Tensor]:
         return [slope]
     hidden = spec.hidden_size
     a = trajectory.preactivations.double()
+    # tanh of a contiguous copy of the block (a strided tanh takes the CPU's scalar path).
+    candidate = torch.tanh(a[..., 2 * hidden : 3 * hidden].contiguous())
     if spec.cell == "lstm":
         i, f, o = (torch.sigmoid(a[..., k * hidden : (k + 1) * hidden]) for k in (0, 1, 3))
-        g = torch.tanh(a[..., 2 * hidden : 3 * hidden])
+        g = candidate
         c_prev, tanh_c = trajectory.previous_cells.double(), torch.tanh(trajectory.cells.double())
         gates = torch.cat(
             [g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g.square()), tanh_c * o * (1 - o)], -1
         )
         return [f, gates, o * (1 - tanh_c.square())]
     r, z = torch.sigmoid(a[..., :hidden]), torch.sigmoid(a[..., hidden : 2 * hidden])
-    n = torch.tanh(a[..., 2 * hidden :])
+    n = candidate
     m = trajectory.recurrent_n.double()
     through_n = (1 - z) * (1 - n.square())
     via_gates = torch.cat(

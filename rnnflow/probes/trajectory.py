@@ -14,6 +14,9 @@ except the LSTM's cell-state scan):
   recurrent part ``m_t = W_hn u_{t-1} + b_hn`` ``(T, B, H)`` kept apart (it is what ``r`` gates);
   ``preactivations`` is ``(T, B, 3H)`` ``[a^r | a^z | a^n]``.
 * RNN: nothing beyond ``previous``: the derivative of ``tanh``/``relu`` is a function of ``u``.
+* LSTM and GRU: ``gate_values``, the gates after their nonlinearity ``(T, B, G·H)`` (``σ`` of
+  ``i f o`` / ``r z``, ``tanh`` of ``g`` / ``n``), computed once here and read by every instrument
+  (a ``tanh`` over a strided gate block takes ~3.5× as long as over a contiguous one on the CPU).
 
 The user-facing nonlinearity and state: ``h_t = s·u_t + c`` with ``(s, c) = (out_scale,
 out_shift)`` of the :class:`FusedSpec` (``(1, 0)`` except the sigmoid RNN, ``(½, ½)``, whose
@@ -43,6 +46,7 @@ class Trajectory:
     cells: torch.Tensor | None = None  # lstm c_t, (T, B, H)
     previous_cells: torch.Tensor | None = None  # lstm c_{t-1}, (T, B, H)
     recurrent_n: torch.Tensor | None = None  # gru m_t = W_hn u_{t-1} + b_hn, (T, B, H)
+    gate_values: torch.Tensor | None = None  # lstm σ(i) σ(f) tanh(g) σ(o); gru σ(r) σ(z) tanh(n)
 
     @property
     def steps(self) -> int:
@@ -59,7 +63,16 @@ class Trajectory:
         return Trajectory(
             self.spec,
             *(cut(t) for t in (self.inputs, self.outputs, self.previous)),
-            *(cut(t) for t in (self.preactivations, self.cells, self.previous_cells, self.recurrent_n)),
+            *(
+                cut(t)
+                for t in (
+                    self.preactivations,
+                    self.cells,
+                    self.previous_cells,
+                    self.recurrent_n,
+                    self.gate_values,
+                )
+            ),
         )
 
     def gate(self, index: int) -> torch.Tensor:
@@ -67,6 +80,12 @@ class Trajectory:
         assert self.preactivations is not None, "the rnn cell has no gates"
         hidden = self.spec.hidden_size
         return self.preactivations[..., index * hidden : (index + 1) * hidden]
+
+    def gate_value(self, index: int) -> torch.Tensor:
+        """Gate ``index`` after its nonlinearity (``σ``, or ``tanh`` for ``g`` / ``n``), ``(T, B, H)``."""
+        assert self.gate_values is not None, "the rnn cell has no gates"
+        hidden = self.spec.hidden_size
+        return self.gate_values[..., index * hidden : (index + 1) * hidden]
 
 
 def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -106,9 +125,9 @@ def recompute(
             from_input, from_state = flat_x @ w_ih.T, flat_prev @ w_hh.T
         if spec.cell == "lstm":
             preactivations = from_input.add_(from_state).view(steps, batch, 4 * hidden)
-            i, f, g = (preactivations[..., k * hidden : (k + 1) * hidden] for k in range(3))
-            drive = torch.sigmoid(i) * torch.tanh(g)
-            forget = torch.sigmoid(f)
+            values = _gate_values(preactivations, candidate=2, hidden=hidden)
+            i, f, g = (values[..., k * hidden : (k + 1) * hidden] for k in range(3))
+            drive, forget = i * g, f
             cells = torch.empty_like(u)
             c = (
                 torch.zeros_like(u[0])
@@ -121,6 +140,7 @@ def recompute(
                 torch.addcmul(d_t, f_t, before, out=c_t)
                 before = c_t
             trajectory.preactivations = preactivations
+            trajectory.gate_values = values
             trajectory.cells = cells
             trajectory.previous_cells = torch.cat([c.unsqueeze(0), cells[:-1]])
             return trajectory
@@ -133,8 +153,18 @@ def recompute(
         reset = torch.sigmoid(preactivations[..., :hidden])
         preactivations[..., 2 * hidden :].addcmul_(reset, recurrent_n)
         trajectory.preactivations = preactivations
+        trajectory.gate_values = _gate_values(preactivations, candidate=2, hidden=hidden)
         trajectory.recurrent_n = recurrent_n
         return trajectory
+
+
+def _gate_values(preactivations: torch.Tensor, candidate: int, hidden: int) -> torch.Tensor:
+    """``σ`` of every gate block, ``tanh`` of block ``candidate``: ``(T, B, G·H)``, contiguous."""
+    values = torch.sigmoid(preactivations)
+    block = slice(candidate * hidden, (candidate + 1) * hidden)
+    # tanh over a contiguous copy of the block: the strided one takes the CPU's scalar path.
+    values[..., block] = torch.tanh(preactivations[..., block].contiguous())
+    return values
 
 
 def hidden_scale(spec: FusedSpec) -> tuple[float, float]:
