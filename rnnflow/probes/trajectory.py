@@ -27,7 +27,7 @@ Everything is computed in the dtype of ``u`` promoted to at least float32.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -60,20 +60,7 @@ class Trajectory:
         def cut(tensor: torch.Tensor | None) -> torch.Tensor | None:
             return None if tensor is None else tensor[:, :samples]
 
-        return Trajectory(
-            self.spec,
-            *(cut(t) for t in (self.inputs, self.outputs, self.previous)),
-            *(
-                cut(t)
-                for t in (
-                    self.preactivations,
-                    self.cells,
-                    self.previous_cells,
-                    self.recurrent_n,
-                    self.gate_values,
-                )
-            ),
-        )
+        return Trajectory(self.spec, *(cut(getattr(self, f.name)) for f in fields(self)[1:]))
 
     def gate(self, index: int) -> torch.Tensor:
         """Pre-activation block ``index`` (gate order ``i f g o`` / ``r z n``), ``(T, B, H)``."""
