@@ -26,8 +26,11 @@ def test_rules_fire_at_their_thresholds_and_not_on_missing_evidence():
     assert names({"cell": "lstm", "log10_ratio": 3.5}) == {"exploding_time"}
     sigmoid = {"cell": "rnn", "nonlinearity": "sigmoid", "log10_ratio": -10.0}
     assert names(sigmoid) == {"vanishing_time_sigmoid"}  # hides the generic rnn rule
-    assert names({"cell": "gru", "memory_ratio": 0.05}) == {"short_memory"}
-    assert names({"cell": "rnn", "memory_ratio": 0.05}) == set()
+    assert names({"cell": "gru", "memory_ratio": 0.05, "log10_ratio": -1.5}) == {"short_memory"}
+    # A short median timescale with a gradient that reaches the first step: not a cause of anything.
+    assert names({"cell": "gru", "memory_ratio": 0.05, "log10_ratio": -0.5}) == set()
+    assert names({"cell": "gru", "memory_ratio": 0.05}) == set()
+    assert names({"cell": "rnn", "memory_ratio": 0.05, "log10_ratio": -1.5}) == set()
     assert names({"cell": "rnn", "nonlinearity": "tanh", "saturated_fraction": 0.6}) == {"saturated"}
     assert names({"cell": "rnn", "nonlinearity": "relu", "dead_fraction": 0.3}) == {"dead_units"}
     assert names({"cell": "lstm", "early_share": 0.001}) == {"late_credit"}
@@ -65,7 +68,7 @@ def test_verdict_line_quotes_evidence_and_only_remedies_for_its_cell():
 
 def test_verdict_lines_from_tags():
     scalars = {
-        "grad_flow/layer0/log10_ratio": -0.2,
+        "grad_flow/layer0/log10_ratio": -1.2,
         "gates/layer0/forget_timescale": 2.0,
         "grad_flow/encoder.rnn/layer1/log10_ratio": -9.0,
         "val/loss": 0.17,

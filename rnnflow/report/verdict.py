@@ -53,6 +53,7 @@ EXPLODING_DECADES = 3.0
 SATURATED = 0.5  # fraction of (step, sample, unit) entries with φ' < 1% of its maximum
 DEAD = 0.25  # fraction of ReLU units never active on the probe batch
 SHORT_MEMORY = 0.1  # gate timescale / task.seq_len
+FADING_DECADES = -1.0  # log10 ratio below: the gradient fades through time (short of vanishing)
 LATE_CREDIT = 0.01  # share of the W_hh gradient from the first half of the sequence
 DEPTH_DECADES = 1e-2  # layer gradient norm / top layer's: two orders of magnitude
 NOT_LEARNING = 0.9  # val loss / baseline loss
@@ -100,7 +101,9 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "short_memory",
         "gate memory shorter than the task",
-        (("cell", "in", GATED), ("memory_ratio", "<", SHORT_MEMORY)),
+        # A short median timescale is a cause only where the gradient does fade: a gated layer
+        # whose gradient reaches the first step (a few long-memory units carry it) is healthy.
+        (("cell", "in", GATED), ("memory_ratio", "<", SHORT_MEMORY), ("log10_ratio", "<", FADING_DECADES)),
         ("memory_ratio", "log10_ratio", "early_share"),
         (("model.init.forget_bias=chrono", LSTM), ("model.init.forget_bias=3.0", LSTM)),
     ),
