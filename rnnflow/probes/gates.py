@@ -79,8 +79,7 @@ def gate_stats(trajectory: Trajectory) -> GateStats:
     if cell not in GATE_NAMES:
         raise ValueError(f"gate statistics need an lstm or gru layer, got {cell}")
     means = {
-        name: float(trajectory.gate_value(index).double().mean())
-        for name, index in GATE_NAMES[cell].items()
+        name: float(trajectory.gate_value(index).double().mean()) for name, index in GATE_NAMES[cell].items()
     }
     memory = MEMORY_GATE[cell]
     complement = complement_means(trajectory.gate(GATE_NAMES[cell][memory]))
