@@ -151,6 +151,21 @@ def test_saturation_and_dead_units_on_built_states():
     assert stats.derivative_mean == pytest.approx(1 - (4 * 2 + 1) / (4 * 2 * HIDDEN))
 
 
+def test_dead_units_count_the_whole_batch_when_the_statistics_use_a_few_samples():
+    relu = make_layer("relu")
+    spec, _, _, _ = fused_call(relu, torch.zeros(2, 1, INPUT, dtype=torch.float64))
+    u = torch.rand(4, 3, HIDDEN, dtype=torch.float64) + 0.1
+    u[:, :, 1] = 0.0  # never active in any sample: dead
+    u[:, 0, 2] = 0.0  # silent in sample 0 only
+    u[:, :2, 4] = -0.0  # silent in samples 0 and 1 (−0.0 is not active either)
+    first = recompute(spec, torch.zeros(4, 1, INPUT, dtype=torch.float64), u[:, :1], u[0, :1])
+    assert activation_stats(first).dead_fraction == pytest.approx(3 / HIDDEN)  # what sample 0 alone says
+    whole = activation_stats(first, batch_outputs=u)
+    assert whole.dead_fraction == pytest.approx(1 / HIDDEN)
+    assert whole.ever_active.tolist() == [True, False, True, True, True]
+    assert whole.derivative_profile.tolist() == activation_stats(first).derivative_profile.tolist()
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_gate_means_and_timescale_match_hand_written_cell(kind):
     layer = make_layer(kind)

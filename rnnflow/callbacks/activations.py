@@ -4,7 +4,8 @@ Per layer L (see :mod:`rnnflow.probes.activations` for the definitions):
 
 * ``activations/L/derivative_mean``: mean of ``φ'(a_t)`` over steps, samples and units;
 * ``activations/L/saturated_fraction``: entries with ``φ' < threshold · max φ'``;
-* ``activations/L/dead_fraction`` (ReLU): units never active on the probe batch;
+* ``activations/L/dead_fraction`` (ReLU): units never active on the probe batch (all its samples,
+  whatever ``sequences``);
 
 and the per-step profile ``mean_{b,j} φ'(a_{t,b,j})`` as the series ``derivative`` of the full-resolution
 profile record ``activations/L/profile`` (:mod:`rnnflow.report.profiles`), kept for the last probe in
@@ -42,7 +43,8 @@ class ActivationMonitor(LayerInstrument[ActivationStats]):
         self.profiles: dict[str, torch.Tensor] = {}  # last probe: (T,) mean φ' per step
 
     def measure(self, layer: LayerBackward) -> ActivationStats:
-        stats = activation_stats(shared_trajectory(layer, self.sequences), self.threshold)
+        # Dead units over the whole probe batch: "never active" on a few samples says little.
+        stats = activation_stats(shared_trajectory(layer, self.sequences), self.threshold, layer.outputs)
         stats.derivative_profile = stats.derivative_profile.cpu()
         return stats
 

@@ -11,7 +11,8 @@ of the probe batch (shapes ``(T, B, H)``):
   fraction ε (``threshold``, default 0.01) of the nonlinearity's largest derivative (tanh: 1,
   so ``|h| > 0.995``; sigmoid: ¼, so ``h < 0.0025`` or ``h > 0.9975``; ReLU: the inactive
   entries, ``φ' = 0``);
-* ReLU only: ``dead_fraction``, the units never active (``h ≤ 0``) at any step of any sample.
+* ReLU only: ``dead_fraction``, the units never active (``h ≤ 0``) at any step of any sample
+  (``batch_outputs``: of the whole probe batch, when the other statistics use a few samples of it).
 
 The derivatives come from the layer's outputs (kernel space ``u``, ``h = s·u + c``; see
 :mod:`rnnflow.probes.trajectory`): tanh ``1 − u²``; the sigmoid RNN (``u = tanh(a'/2)``,
@@ -62,14 +63,21 @@ def derivatives(trajectory: Trajectory) -> tuple[torch.Tensor, float, str]:
     return slope, 1.0, "gru candidate n (tanh)"
 
 
-def activation_stats(trajectory: Trajectory, threshold: float = SATURATION_THRESHOLD) -> ActivationStats:
-    """:class:`ActivationStats` of one layer call (means accumulated in float64)."""
+def activation_stats(
+    trajectory: Trajectory, threshold: float = SATURATION_THRESHOLD, batch_outputs: torch.Tensor | None = None
+) -> ActivationStats:
+    """:class:`ActivationStats` of one layer call (means accumulated in float64).
+
+    ``batch_outputs``: the call's outputs ``u`` ``(T, B, H)`` over the whole batch, for the dead units
+    (a unit silent on a few samples may fire on others); default: the trajectory's own samples.
+    """
     slope, largest, name = derivatives(trajectory)
     profile = slope.double().mean(dim=(1, 2))
     saturated = float((slope < threshold * largest).double().mean())
     dead = ever_active = None
     if name == "relu":
-        ever_active = (trajectory.outputs > 0).flatten(0, 1).any(dim=0)  # (H,)
+        outputs = trajectory.outputs if batch_outputs is None else batch_outputs
+        ever_active = outputs.amax(dim=(0, 1)) > 0  # (H,); a max reads the batch once, no (T, B, H) mask
         dead = float((~ever_active).double().mean())
     return ActivationStats(name, profile, float(profile.mean()), saturated, dead, ever_active)
 
