@@ -287,6 +287,17 @@ def _cli(tmp_path, python, *overrides, cwd=None):
     [
         ("modle=gru", "rnnflow: invalid config: modle=gru: no such key; did you mean model?"),
         (
+            "model=null",
+            "rnnflow: invalid config: model=null: a config group takes one of its options"
+            " (model has gru, lstm, rnn); to use none, leave model out",
+        ),
+        (
+            "experiment=spectral",
+            "rnnflow: invalid config: experiment=spectral: no such option; experiment has"
+            " cells_vs_length, clipping, depth, depth_table, init, nonlinearity, spectral_radius, truncation;"
+            " did you mean experiment=spectral_radius?",
+        ),
+        (
             "task.seq_lenn=10",
             "rnnflow: invalid config: task.seq_lenn=10: no such key; did you mean task.seq_len?",
         ),
@@ -307,6 +318,18 @@ def test_cli_typo_names_the_closest_key_and_leaves_nothing(tmp_path, python, ove
         (["optim=sgd", "optim.momentun=0.5"], "did you mean optim.momentum?"),
         (["trainer.limit_val_batches=2"], "add it with +trainer.limit_val_batches=2"),
         (["diagnostics.zzz=1"], "no such key; diagnostics has every_n_steps"),
+        (["task=addng"], "task=addng: no such option; task has adding, copy, multiplication"),
+        (["task=addng"], "; did you mean task=adding?"),
+        (["model=transformer"], "model=transformer: no such option; model has gru, lstm, rnn"),
+        (["-m", "model=rnn,transformer"], "model=transformer: no such option"),  # every value of a sweep
+        (["experiment=depth_table", "depth_scheme=relu"], "depth_scheme has relu_he, sigmoid_normal"),
+        (["model=null"], "model=null: a config group takes one of its options (model has gru, lstm, rnn)"),
+        (["experiment=null"], "to use none, leave experiment out"),
+        (
+            ["depth_scheme=relu_he"],
+            "the config group depth_scheme is not in this config's defaults"
+            " (experiment=depth_table uses it); add it with +depth_scheme=relu_he",
+        ),
     ],
 )
 def test_command_line_typos(argv, message):
@@ -324,7 +347,8 @@ def test_command_line_check_lets_good_and_non_key_errors_through():
         ["model=gru", "task.seq_len=10"],
         ["-m", "model=rnn,lstm", "task.seq_len=10,20", "optim.lr=range(1,3)"],
         ["+trainer.limit_val_batches=2"],
-        ["model=transformer"],  # Hydra lists the options itself
+        ["experiment=depth_table", "depth_scheme=relu_he"],
+        ["hydra/launcher=basic"],  # Hydra's own groups (options from plugins too) are Hydra's to check
         ["--cfg", "job", "modle=gru"],  # a Hydra flag: Hydra handles the command
     ):
         check_command_line(argv, ROOT / "conf", "train")
