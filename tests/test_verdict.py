@@ -13,7 +13,14 @@ from omegaconf import OmegaConf
 
 from rnnflow.report.explain import run_verdict
 from rnnflow.report.runs import load_run
-from rnnflow.report.verdict import RULES, fired_rules, layer_evidence, layer_verdict, verdict_lines
+from rnnflow.report.verdict import (
+    RULES,
+    already_set,
+    fired_rules,
+    layer_evidence,
+    layer_verdict,
+    verdict_lines,
+)
 
 
 def names(evidence) -> set[str]:
@@ -64,6 +71,33 @@ def test_verdict_line_quotes_evidence_and_only_remedies_for_its_cell():
     assert (
         layer_verdict("layer1", {"cell": "gru", "log10_ratio": -0.5}) == "layer1: healthy (log10 ratio -0.5)"
     )
+
+
+def test_a_remedy_already_in_effect_is_not_offered_again():
+    evidence = {"cell": "lstm", "log10_ratio": -8.0}
+    offered = layer_verdict("layer0", evidence)
+    assert "try: model.init.forget_bias=chrono; model.init.recurrent=orthogonal" in offered
+    nested = {"model": {"init": {"forget_bias": "chrono", "recurrent": "default"}}}
+    line = layer_verdict("layer0", evidence, nested)
+    assert line.endswith(
+        "→ try: model.init.recurrent=orthogonal (already set: model.init.forget_bias=chrono)"
+    )
+    flat = {"model.init.forget_bias": "chrono", "model.init.recurrent": "orthogonal"}  # a module's hparams
+    assert layer_verdict("layer0", evidence, flat).endswith(
+        "(log10 ratio -8); its usual remedies are already set: model.init.forget_bias=chrono; "
+        "model.init.recurrent=orthogonal"
+    )
+    # Every key=value of a remedy must hold; values compare as the override would be written.
+    rnn = {"cell": "rnn", "nonlinearity": "tanh", "log10_ratio": -8.0}
+    half = {"model": {"init": {"recurrent": "orthogonal", "spectral_radius": 0.9}}}
+    assert "model.init.recurrent=orthogonal model.init.spectral_radius=1.0;" in layer_verdict("l", rnn, half)
+    both = {"model": {"init": {"recurrent": "orthogonal", "spectral_radius": 1.0}}}
+    assert "already set: model.init.recurrent=orthogonal model.init.spectral_radius=1.0" in layer_verdict(
+        "l", rnn, both
+    )
+    exploding = {"cell": "gru", "log10_ratio": 5.0}
+    assert "try: clip.max_norm=1.0" in layer_verdict("l", exploding, {"clip": {"max_norm": 0.5}})
+    assert "already set: clip.max_norm=1.0" in layer_verdict("l", exploding, {"clip": {"max_norm": 1.0}})
 
 
 def test_verdict_lines_from_tags():
@@ -136,7 +170,11 @@ def test_rule_fires_on_a_run_built_to_trigger_it(train_run, rule, layer, overrid
         scalars, layer, config.model.cell, config.model.get("nonlinearity"), config.task.seq_len
     )
     assert rule in names(evidence), evidence
-    assert any(line.startswith(f"{layer}:") and "healthy" not in line for line in run_verdict(run))
+    lines = run_verdict(run)
+    assert any(line.startswith(f"{layer}:") and "healthy" not in line for line in lines)
+    for line in lines:  # nothing the run already does is offered as a remedy
+        offered = line.split("→ try: ", 1)[1].split(" (already set:")[0] if "→ try: " in line else ""
+        assert not [r for r in offered.split("; ") if r and already_set(r, config)], line
 
 
 def test_healthy_run_and_end_of_run_lines_on_the_console(tmp_path):

@@ -82,5 +82,8 @@ class VerdictMonitor(ProbeListener):
             nonlinearity=first[1],
             seq_len=int(max(lengths)) if lengths else None,
             layer_kinds=self.kinds,
+            # rnnflow's module keeps the run's config as flat hparams; another model's, if any,
+            # only hide a remedy whose key=value they hold.
+            settings=dict(pl_module.hparams),
         )
         log.info("verdict (rules: rnnflow.report.verdict.RULES):\n  %s", "\n  ".join(self.lines))

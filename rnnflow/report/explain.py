@@ -149,6 +149,7 @@ def run_verdict(run: Run) -> list[str]:
         cell=model.get("cell", "rnn"),
         nonlinearity=model.get("nonlinearity", "tanh"),
         seq_len=task.get("seq_len"),
+        settings=config,
     )
 
 

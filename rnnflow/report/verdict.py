@@ -26,6 +26,8 @@ A rule fires when every one of its clauses ``(key, op, value)`` holds (``op`` on
 ``>``, ``==``, ``in``); a clause on missing evidence (instrument off, NaN) does not hold. A layer
 on which no problem rule fires is ``healthy``. A rule's ``diagnosis`` names the problem, its
 ``remedies`` are config overrides or changes to try, in order, each for the cells it applies to.
+Given the run's ``settings`` (its config, nested or flattened to dotted keys), a remedy whose every
+``key=value`` is already the run's setting is not offered again; the line says so instead.
 """
 
 from __future__ import annotations
@@ -259,7 +261,36 @@ def _format(key: str, value: Any) -> str:
     return f"{LABELS.get(key, key)} {value:.3g}"
 
 
-def layer_verdict(layer: str, evidence: Mapping[str, Any]) -> str:
+_OVERRIDE = re.compile(r"([A-Za-z_][\w.]*)=([^\s;,()]+)")
+_UNSET = object()
+
+
+def _setting(settings: Mapping[str, Any], key: str) -> Any:
+    """``settings[key]`` for a flat ``{"model.init.input": ...}`` or a nested config."""
+    if key in settings:
+        return settings[key]
+    node: Any = settings
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _UNSET
+        node = node[part]
+    return node
+
+
+def _as_override(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def already_set(remedy: str, settings: Mapping[str, Any]) -> bool:
+    """Whether every ``key=value`` of ``remedy`` is already the run's setting (nothing new to try)."""
+    pairs = _OVERRIDE.findall(remedy)
+    return bool(pairs) and all(
+        (value := _setting(settings, key)) is not _UNSET and _as_override(value) == expected
+        for key, expected in pairs
+    )
+
+
+def layer_verdict(layer: str, evidence: Mapping[str, Any], settings: Mapping[str, Any] | None = None) -> str:
     """One line: ``layer0: vanishing through time (log10 ratio -21, λ₁ -0.49, ...) → try: ...``."""
     fired = fired_rules(evidence)
     if not fired:
@@ -275,7 +306,13 @@ def layer_verdict(layer: str, evidence: Mapping[str, Any]) -> str:
         remedies += [r for r, cells in rule.remedies if r not in remedies and (not cells or cell in cells)]
     diagnosis = "; ".join(rule.diagnosis for rule in fired)
     details = ", ".join(_format(k, evidence[k]) for k in keys)
-    return f"{layer}: {diagnosis} ({details}) → try: {'; '.join(remedies)}"
+    tried = [r for r in remedies if settings is not None and already_set(r, settings)]
+    remedies = [r for r in remedies if r not in tried]
+    line = f"{layer}: {diagnosis} ({details})"
+    if remedies:
+        line += f" → try: {'; '.join(remedies)}"
+        return line + (f" (already set: {'; '.join(tried)})" if tried else "")
+    return line + f"; its usual remedies are already set: {'; '.join(tried)}"
 
 
 def verdict_lines(
@@ -284,17 +321,21 @@ def verdict_lines(
     nonlinearity: str | None = None,
     seq_len: int | None = None,
     layer_kinds: Mapping[str, tuple[str, str | None]] | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """The verdict of a run: one line per layer, then one on the loss against the task's baseline.
 
     ``scalars``: ``{tag: last value}`` of the run (e.g. the last value of every TensorBoard scalar,
     or what the instruments logged at their last probe); ``cell``, ``nonlinearity``, ``seq_len``
     from the run's config (``model.cell``, ``model.nonlinearity``, ``task.seq_len``);
-    ``layer_kinds`` ``{layer: (cell, nonlinearity)}`` overrides them per layer (mixed models).
+    ``layer_kinds`` ``{layer: (cell, nonlinearity)}`` overrides them per layer (mixed models);
+    ``settings``: the run's config, so that a remedy already in effect is not offered again.
     """
     kinds = layer_kinds or {}
     lines = [
-        layer_verdict(layer, layer_evidence(scalars, layer, *kinds.get(layer, (cell, nonlinearity)), seq_len))
+        layer_verdict(
+            layer, layer_evidence(scalars, layer, *kinds.get(layer, (cell, nonlinearity)), seq_len), settings
+        )
         for layer in layer_names(scalars)
     ]
     loss, baseline = scalars.get("val/loss"), scalars.get("val/baseline_loss")

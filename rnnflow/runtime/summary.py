@@ -26,7 +26,7 @@ import re
 import shlex
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,9 @@ class RunSummary(L.Callback):
         overrides: the command line's overrides (to repeat them in the resume command).
         log_root: the directory all runs live under (``paths.log_dir``), for a second TensorBoard command.
         clip_max_norm: the clipping threshold (None: clipping off).
+        cell, nonlinearity, seq_len: the model's cell and nonlinearity and the task's length, for the verdict.
+        settings: the run's config (``model``, ``clip``, ...), so the verdict does not offer a remedy
+            already in effect.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class RunSummary(L.Callback):
         cell: str = "",
         nonlinearity: str | None = None,
         seq_len: int | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.overrides = list(overrides)
@@ -94,6 +98,7 @@ class RunSummary(L.Callback):
         self.clip_max_norm = clip_max_norm
         self.sweep_dir = Path(sweep_dir).resolve() if sweep_dir is not None else None
         self.cell, self.nonlinearity, self.seq_len = cell, nonlinearity, seq_len
+        self.settings = settings
         self._start = time.monotonic()
         self.lines: list[str] = []
 
@@ -182,7 +187,7 @@ class RunSummary(L.Callback):
             for name in ("val/loss", "val/baseline_loss"):
                 if math.isfinite(_metric(trainer, name)):
                     last[name] = _metric(trainer, name)
-            verdicts = verdict_lines(last, self.cell, self.nonlinearity, self.seq_len)
+            verdicts = verdict_lines(last, self.cell, self.nonlinearity, self.seq_len, settings=self.settings)
         return lines + [f"verdict: {line}" for line in verdicts]
 
     def _clip_line(self, trainer: L.Trainer) -> str:
@@ -236,4 +241,5 @@ def summary_callback(cfg: Any, overrides: Sequence[str] | None) -> RunSummary:
         cell=str((cfg.get("model") or {}).get("cell", "")),
         nonlinearity=(cfg.get("model") or {}).get("nonlinearity"),
         seq_len=(cfg.get("task") or {}).get("seq_len"),
+        settings={key: cfg.get(key) for key in ("model", "clip", "optim", "task") if key in cfg},
     )
