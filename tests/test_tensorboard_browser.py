@@ -342,3 +342,21 @@ def test_time_series_opens_on_the_headline_through_the_summary_link(browser, ten
     groups = page.eval_on_selector_all(".group-name, card-group-name", "els => els.map(e => e.innerText)")
     assert not any(group.strip().startswith("epoch") for group in groups)  # no flat epoch card
     _screenshot(page, tmp_path, "time_series_headline")
+
+
+def test_verdict_reads_in_the_text_tab(browser, tensorboard, logs, tmp_path):
+    """The end-of-run verdict, one line per layer and one on the loss, in TensorBoard's Text tab."""
+    logged = (logs["single"] / "runs" / "rnn" / "train.log").read_text()
+    block = logged.split("verdict (rules: rnnflow.report.verdict.RULES):\n", 1)[1].splitlines()
+    expected = [line.strip() for line in block[:2]]
+    assert expected[0].startswith("layer0: ") and expected[1].startswith("loss: ")
+    server = tensorboard(logs["single"])
+    server.wait(expect_runs=1)
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{server.url}/#text")
+    item = page.locator("li", has_text=expected[0][:40]).first
+    item.wait_for(timeout=240_000)
+    shown = page.locator("li").all_inner_texts()
+    for line in expected:  # rendered from Markdown: the escapes are gone, the text is the log's
+        assert line in [text.strip() for text in shown], (line, shown)
+    _screenshot(page, tmp_path, "verdict_text_tab", readme=True)

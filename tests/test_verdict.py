@@ -198,3 +198,18 @@ def test_healthy_run_and_end_of_run_lines_on_the_console(tmp_path):
     assert "verdict" in output
     assert "layer0: healthy (log10 ratio" in output
     assert "loss: not learning (val/loss" in output
+    # The same lines in TensorBoard's Text tab: the text summary "verdict" at the last step.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    found = [
+        events.Tensors("verdict/text_summary")
+        for path in sorted((tmp_path / "run").rglob("events.out.tfevents.*"))
+        if "verdict/text_summary"
+        in (events := EventAccumulator(str(path), {"tensors": 0}).Reload()).Tags()["tensors"]
+    ]
+    assert len(found) == 1, found
+    (text,) = found[0]
+    assert text.step == 2
+    markdown = text.tensor_proto.string_val[0].decode()
+    printed = [line.strip() for line in output.splitlines() if line.strip().startswith(("layer0:", "loss:"))]
+    assert markdown.splitlines() == ["- " + line.replace("_", "\\_") for line in printed[:2]]

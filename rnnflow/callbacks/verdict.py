@@ -6,6 +6,9 @@ not underflow), the ``last_scalars`` of every other instrument callback of the t
 gates, Lyapunov, credit, parameter gradients) and ``val/loss`` against ``val/baseline_loss``; the
 rules are :data:`rnnflow.report.verdict.RULES`. ``lines`` holds the verdict after training, and
 :func:`rnnflow.report.verdict.verdict_lines` computes it from any ``{tag: value}``.
+
+The lines also go to every TensorBoard logger of the trainer as the text summary ``verdict``
+(TensorBoard's Text tab, at the last step), so that the run's story and its verdict sit together.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from rnnflow.callbacks.probe_listener import ProbeListener
 from rnnflow.models.fused import FusedSpec
 from rnnflow.probes.gradient_flow import LayerBackward
 from rnnflow.probes.profile_stats import decay_rate, log10_ratio
-from rnnflow.report.verdict import verdict_lines
+from rnnflow.report.verdict import verdict_lines, verdict_markdown
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +91,6 @@ class VerdictMonitor(ProbeListener):
             settings=dict(pl_module.hparams),
         )
         log.info("verdict (rules: rnnflow.report.verdict.RULES):\n  %s", "\n  ".join(self.lines))
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("verdict", verdict_markdown(self.lines), trainer.global_step)

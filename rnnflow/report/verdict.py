@@ -346,3 +346,11 @@ def verdict_lines(
             f"loss: {state} (val/loss {loss:.4g} = {ratio:.3g} × the task's baseline {baseline:.4g})"
         )
     return lines
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
+
+
+def verdict_markdown(lines: list[str]) -> str:
+    """The verdict lines as a Markdown list (TensorBoard's Text tab), special characters escaped."""
+    return "\n".join("- " + _MARKDOWN_SPECIAL.sub(r"\\\1", line) for line in lines)
