@@ -326,6 +326,10 @@ def test_cli_typo_names_the_closest_key_and_leaves_nothing(tmp_path, python, ove
         (["model=null"], "model=null: a config group takes one of its options (model has gru, lstm, rnn)"),
         (["experiment=null"], "to use none, leave experiment out"),
         (
+            ["hydra/launcher=nope"],
+            "hydra/launcher=nope: no such option; hydra/launcher has basic",
+        ),  # Hydra's list
+        (
             ["depth_scheme=relu_he"],
             "the config group depth_scheme is not in this config's defaults"
             " (experiment=depth_table uses it); add it with +depth_scheme=relu_he",

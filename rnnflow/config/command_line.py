@@ -93,7 +93,10 @@ def check_command_line(argv: Sequence[str], config_dir: str | Path, config_name:
             compose(config_name, overrides=single)
             return
         except MissingConfigException as error:
-            raise _missing_option(error, parsed) from None
+            missing = _missing_option(error, parsed)
+            if missing is None:
+                return  # not a group option (e.g. a file an experiment names): Hydra reports it
+            raise missing from None
         except HydraException as error:
             match = _FAILED_KEY.search(str(error))
             if match is None:
@@ -148,13 +151,18 @@ def _no_such_option(group: str, value: str, options: list[str]) -> ConfigError:
     return ConfigError(f"{group}={value}: no such option; {group} has {', '.join(options)}{hint}")
 
 
-def _missing_option(error: MissingConfigException, parsed: list[Override]) -> ConfigError:
-    """``group=option`` where the group has no such option: one line with the group's options."""
+def _missing_option(error: MissingConfigException, parsed: list[Override]) -> ConfigError | None:
+    """``group=option`` of the command line where the group has no such option: one line with the
+    group's options (None: the missing config is not an option typed on the command line)."""
     match = _MISSING_OPTION.search(str(error))
-    group, option = match.groups() if match else ("", "")
+    if match is None or not error.options:
+        return None
+    group, option = match.groups()
     typed = next((o for o in parsed if o.get_key_element().lstrip("+~") == group), None)
-    value = typed.input_line.split("=", 1)[1] if typed is not None and "=" in typed.input_line else option
-    return _no_such_option(group, value, list(error.options or []))
+    if typed is None:
+        return None
+    value = typed.input_line.split("=", 1)[1] if "=" in typed.input_line else option
+    return _no_such_option(group, value, list(error.options))
 
 
 def _typo(key: str, override: Override, cfg: DictConfig, config_dir: Path) -> ConfigError:
